@@ -1,0 +1,696 @@
+//! The deployer's TOML configuration: parsing, defaults and validation.
+//!
+//! Every error names the key it is about, so `durhack-deployer check` can tell an operator exactly
+//! what to fix. Secrets are read here once and kept in [`Secret`], whose `Debug` never shows them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/durhack-deployer/config.toml";
+pub const SECRET_ENV: &str = "DURHACK_DEPLOYER_WEBHOOK_SECRET";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration after validation, with secrets loaded.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    /// `None` means the embedded SQLite ledger at `state_dir/ledger.sqlite3`.
+    pub database_url: Option<String>,
+    /// `None` means local (flock) locks.
+    pub redis_url: Option<String>,
+    pub helper_socket: PathBuf,
+    pub public_url: Option<String>,
+    pub github: GithubConfig,
+    pub deployments: BTreeMap<String, Deployment>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GithubConfig {
+    pub webhook_secret: Secret,
+    /// Enables commit statuses when set.
+    pub token: Option<Secret>,
+    pub api_url: String,
+    /// Empty means every source is allowed.
+    pub allowed_networks: Vec<IpNetwork>,
+    pub trusted_proxy_hops: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub name: String,
+    /// `owner/name`, compared with the push payload's `repository.full_name`.
+    pub repository: String,
+    pub branch: String,
+    pub path: PathBuf,
+    pub enabled: bool,
+    pub remote: String,
+    pub commands: Vec<CommandSpec>,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+    /// nginx site name -> conf file path relative to the repository root.
+    pub sites: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSpec {
+    pub argv: Vec<String>,
+    pub timeout: Option<Duration>,
+}
+
+/// A secret string whose `Debug` and `Display` are redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// An IPv4 or IPv6 network in CIDR notation (`140.82.112.0/20`, `2a0a:a440::/29`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNetwork {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNetwork {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => return false,
+            },
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_matches(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_matches(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_matches(net: &[u8], ip: &[u8], prefix: u8) -> bool {
+    let full = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    if net[..full] != ip[..full] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    net[full] & mask == ip[full] & mask
+}
+
+impl FromStr for IpNetwork {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}` has a prefix length outside 0..={max}"))?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+/// Parses `90s`, `20m`, `1h30m`, `2h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(format!("`{s}`: unknown unit `{c}` (use s, m, h or d)")),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{s}`: expected a number before `{c}`"))?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("`{s}` is too long"))?;
+    }
+    if !digits.is_empty() {
+        return Err(format!("`{s}`: trailing number without a unit"));
+    }
+    if total == 0 {
+        return Err(format!("`{s}` must be longer than zero"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+// ---- raw, as written in the file ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    state_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    redis_url: Option<String>,
+    helper_socket: Option<PathBuf>,
+    public_url: Option<String>,
+    github: Option<RawGithub>,
+    #[serde(default)]
+    deployments: BTreeMap<String, RawDeployment>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGithub {
+    webhook_secret_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    api_url: Option<String>,
+    #[serde(default)]
+    allowed_networks: Vec<String>,
+    #[serde(default)]
+    trusted_proxy_hops: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    repository: String,
+    branch: String,
+    path: PathBuf,
+    #[serde(default = "yes")]
+    enabled: bool,
+    remote: Option<String>,
+    #[serde(default)]
+    commands: Vec<RawCommand>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    timeout: Option<String>,
+    #[serde(default)]
+    sites: BTreeMap<String, PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawCommand {
+    Argv(Vec<String>),
+    Table(RawCommandTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommandTable {
+    argv: Vec<String>,
+    timeout: Option<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`, loading the secrets it names.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, std::env::var(SECRET_ENV).ok())
+    }
+
+    /// Parses `text`; `path` is only used in messages and to resolve nothing else.
+    /// `env_secret` is the value of [`SECRET_ENV`], if set; it wins over `webhook_secret_file`.
+    pub fn parse(text: &str, path: &Path, env_secret: Option<String>) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let listen = match raw.listen.as_deref() {
+            None => SocketAddr::from(([127, 0, 0, 1], 3400)),
+            Some(s) => s
+                .parse()
+                .map_err(|_| invalid("listen", format!("`{s}` is not an address:port")))?,
+        };
+        let state_dir = raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/durhack-deployer"));
+        if !state_dir.is_absolute() {
+            return Err(invalid("state_dir", "must be an absolute path"));
+        }
+        if let Some(url) = &raw.database_url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if let Some(url) = &raw.redis_url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://")
+                || url.starts_with("unix://"))
+        {
+            return Err(invalid(
+                "redis_url",
+                "must start with redis://, rediss:// or unix://",
+            ));
+        }
+        if let Some(url) = &raw.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid("public_url", "must start with http:// or https://"));
+        }
+        let github = parse_github(raw.github, env_secret)?;
+        let mut deployments = BTreeMap::new();
+        for (name, d) in raw.deployments {
+            let deployment = parse_deployment(&name, d)?;
+            deployments.insert(name, deployment);
+        }
+        Ok(Self {
+            listen,
+            state_dir,
+            database_url: raw.database_url,
+            redis_url: raw.redis_url,
+            helper_socket: raw
+                .helper_socket
+                .unwrap_or_else(|| PathBuf::from("/run/durhack-privhelper/privhelper.sock")),
+            public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            github,
+            deployments,
+        })
+    }
+
+    /// The deployments that are switched on, in name order.
+    pub fn enabled_deployments(&self) -> impl Iterator<Item = &Deployment> {
+        self.deployments.values().filter(|d| d.enabled)
+    }
+
+    pub fn queues_dir(&self) -> PathBuf {
+        self.state_dir.join("queues")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+    pub fn locks_dir(&self) -> PathBuf {
+        self.state_dir.join("locks")
+    }
+    /// The database URL in force: the configured one, or SQLite in `state_dir`.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.state_dir.join("ledger.sqlite3").display()
+            ),
+        }
+    }
+}
+
+fn parse_github(
+    raw: Option<RawGithub>,
+    env_secret: Option<String>,
+) -> Result<GithubConfig, ConfigError> {
+    let raw = raw.unwrap_or(RawGithub {
+        webhook_secret_file: None,
+        token_file: None,
+        api_url: None,
+        allowed_networks: Vec::new(),
+        trusted_proxy_hops: 0,
+    });
+    let webhook_secret = match (env_secret, &raw.webhook_secret_file) {
+        (Some(s), _) => s,
+        (None, Some(file)) => read_secret_file(file, "github.webhook_secret_file")?,
+        (None, None) => {
+            return Err(invalid(
+                "github.webhook_secret_file",
+                format!(
+                    "no webhook secret: set this key or {SECRET_ENV} (there is no unauthenticated mode)"
+                ),
+            ));
+        }
+    };
+    let webhook_secret = webhook_secret.trim_end_matches(['\r', '\n']).to_owned();
+    if webhook_secret.is_empty() {
+        return Err(invalid(
+            "github.webhook_secret_file",
+            "the webhook secret is empty",
+        ));
+    }
+    let token = match &raw.token_file {
+        Some(file) => {
+            let t = read_secret_file(file, "github.token_file")?;
+            let t = t.trim().to_owned();
+            if t.is_empty() {
+                return Err(invalid("github.token_file", "the token file is empty"));
+            }
+            Some(Secret(t))
+        }
+        None => None,
+    };
+    let api_url = raw
+        .api_url
+        .unwrap_or_else(|| "https://api.github.com".to_owned());
+    if !(api_url.starts_with("http://") || api_url.starts_with("https://")) {
+        return Err(invalid(
+            "github.api_url",
+            "must start with http:// or https://",
+        ));
+    }
+    let allowed_networks = raw
+        .allowed_networks
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            n.parse()
+                .map_err(|e| invalid(format!("github.allowed_networks[{i}]"), e))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(GithubConfig {
+        webhook_secret: Secret(webhook_secret),
+        token,
+        api_url: api_url.trim_end_matches('/').to_owned(),
+        allowed_networks,
+        trusted_proxy_hops: raw.trusted_proxy_hops,
+    })
+}
+
+fn read_secret_file(path: &Path, key: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+/// Deployment names become queue directories, log directories and lock keys.
+pub fn valid_deployment_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn valid_repository(repo: &str) -> bool {
+    let ok = |part: &str| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    matches!(repo.split_once('/'), Some((owner, name)) if ok(owner) && ok(name))
+}
+
+/// A branch name as git's check-ref-format allows it, minus the exotic corners.
+fn valid_branch(branch: &str) -> bool {
+    !branch.is_empty()
+        && branch.len() <= 255
+        && !branch.starts_with(['-', '/'])
+        && !branch.ends_with(['/', '.'])
+        && !branch.ends_with(".lock")
+        && !branch.contains("..")
+        && !branch.contains("//")
+        && !branch.contains("@{")
+        && branch
+            .bytes()
+            .all(|b| b > 0x20 && b != 0x7f && !b"~^:?*[\\".contains(&b))
+}
+
+fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, ConfigError> {
+    let key = |k: &str| format!("deployments.{name}.{k}");
+    if !valid_deployment_name(name) {
+        return Err(invalid(
+            format!("deployments.{name}"),
+            "a deployment name is 1-64 of lowercase letters, digits, `-` and `_`, not starting with `-`",
+        ));
+    }
+    if !valid_repository(&raw.repository) {
+        return Err(invalid(key("repository"), "must be `owner/name`"));
+    }
+    if !valid_branch(&raw.branch) {
+        return Err(invalid(
+            key("branch"),
+            format!("`{}` is not a valid branch name", raw.branch),
+        ));
+    }
+    if !raw.path.is_absolute() {
+        return Err(invalid(key("path"), "must be an absolute path"));
+    }
+    let remote = raw
+        .remote
+        .unwrap_or_else(|| format!("https://github.com/{}.git", raw.repository));
+    if remote.starts_with('-') || remote.is_empty() {
+        return Err(invalid(key("remote"), "is not a git remote"));
+    }
+    let mut commands = Vec::new();
+    for (i, c) in raw.commands.into_iter().enumerate() {
+        let (argv, timeout) = match c {
+            RawCommand::Argv(argv) => (argv, None),
+            RawCommand::Table(t) => (t.argv, t.timeout),
+        };
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err(invalid(
+                format!("{}[{i}]", key("commands")),
+                "an empty command",
+            ));
+        }
+        if argv.iter().any(|a| a.contains('\0')) {
+            return Err(invalid(
+                format!("{}[{i}]", key("commands")),
+                "contains a NUL byte",
+            ));
+        }
+        let timeout = timeout
+            .map(|t| parse_duration(&t))
+            .transpose()
+            .map_err(|e| invalid(format!("{}[{i}].timeout", key("commands")), e))?;
+        commands.push(CommandSpec { argv, timeout });
+    }
+    for k in raw.env.keys() {
+        if k.is_empty() || k.contains(['=', '\0']) || k.starts_with("DEPLOY_") {
+            return Err(invalid(
+                format!("{}.{k}", key("env")),
+                "not a usable variable name (DEPLOY_* is reserved)",
+            ));
+        }
+    }
+    let timeout = match raw.timeout {
+        Some(t) => parse_duration(&t).map_err(|e| invalid(key("timeout"), e))?,
+        None => DEFAULT_TIMEOUT,
+    };
+    for (site, file) in &raw.sites {
+        let site_ok = !site.is_empty()
+            && site.len() <= 63
+            && !site.starts_with('-')
+            && site
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !site_ok {
+            return Err(invalid(
+                format!("{}.{site}", key("sites")),
+                "a site name is 1-63 of lowercase letters, digits and `-`, not starting with `-`",
+            ));
+        }
+        let relative_inside = file.is_relative()
+            && file
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !relative_inside {
+            return Err(invalid(
+                format!("{}.{site}", key("sites")),
+                "must be a path inside the repository, without `..`",
+            ));
+        }
+    }
+    Ok(Deployment {
+        name: name.to_owned(),
+        repository: raw.repository,
+        branch: raw.branch,
+        path: raw.path,
+        enabled: raw.enabled,
+        remote,
+        commands,
+        env: raw.env,
+        timeout,
+        sites: raw.sites,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), Some("s3cret".into()))
+    }
+
+    const EXAMPLE: &str = r#"
+listen = "127.0.0.1:3400"
+state_dir = "/var/lib/durhack-deployer"
+
+[github]
+allowed_networks = ["140.82.112.0/20", "2a0a:a440::/29"]
+
+[deployments.durhack]
+repository = "ducompsoc/durhack"
+branch = "main"
+path = "/var/www/durhack"
+commands = [["pnpm", "install"], { argv = ["pnpm", "build"], timeout = "5m" }]
+env = { NODE_ENV = "production" }
+timeout = "20m"
+sites = { durhack = "nginx/durhack.conf" }
+
+[deployments.durhack-staging]
+repository = "ducompsoc/durhack"
+branch = "staging"
+path = "/var/www/durhack-staging"
+enabled = false
+"#;
+
+    #[test]
+    fn example_parses() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.github.webhook_secret.expose(), "s3cret");
+        let d = &c.deployments["durhack"];
+        assert_eq!(d.remote, "https://github.com/ducompsoc/durhack.git");
+        assert_eq!(d.commands[1].timeout, Some(Duration::from_secs(300)));
+        assert_eq!(d.timeout, Duration::from_secs(1200));
+        assert_eq!(c.enabled_deployments().count(), 1);
+        assert!(c.github.allowed_networks[0].contains("140.82.115.9".parse().unwrap()));
+        assert!(!c.github.allowed_networks[0].contains("140.82.128.1".parse().unwrap()));
+        assert!(c.github.allowed_networks[0].contains("::ffff:140.82.112.1".parse().unwrap()));
+        assert!(c.github.allowed_networks[1].contains("2a0a:a440::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("bogus = 1", "bogus"),
+            ("listen = \"nope\"", "listen"),
+            ("state_dir = \"relative\"", "state_dir"),
+            ("database_url = \"mysql://x\"", "database_url"),
+            (
+                "[github]\nallowed_networks = [\"1.2.3.4/33\"]",
+                "github.allowed_networks[0]",
+            ),
+            (
+                "[deployments.a]\nrepository = \"x\"\nbranch = \"main\"\npath = \"/x\"",
+                "deployments.a.repository",
+            ),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"a..b\"\npath = \"/x\"",
+                "deployments.a.branch",
+            ),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\ntimeout = \"5y\"",
+                "deployments.a.timeout",
+            ),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\ncommands = [[]]",
+                "deployments.a.commands[0]",
+            ),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\nsites = { s = \"../x\" }",
+                "deployments.a.sites.s",
+            ),
+            (
+                "[deployments.A]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"",
+                "deployments.A",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err:?} should name {key}");
+        }
+    }
+
+    #[test]
+    fn no_secret_is_an_error() {
+        let err = Config::parse("", Path::new("t"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("github.webhook_secret_file"), "{err}");
+    }
+
+    #[test]
+    fn secret_is_redacted() {
+        let c = parse("").unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        for bad in ["", "0", "m", "10x", "1h5"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Placeholder: filled by the privhelper work (issue 2).
+fn main() {}
