@@ -174,6 +174,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     if let Ok(secs) = s.parse::<u64>() {
+        if secs == 0 {
+            return Err(format!("`{s}` must be longer than zero"));
+        }
         return Ok(Duration::from_secs(secs));
     }
     let mut total: u64 = 0;
