@@ -4,6 +4,8 @@
 //! and are checked at run time, so building never needs a live database. Each backend has its
 //! own migration folder because their DDL differs.
 
+mod runs;
+
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
