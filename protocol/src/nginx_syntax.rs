@@ -1,0 +1,359 @@
+//! A small nginx-syntax tokenizer and parser: words, quoted strings, `;`, `{`, `}`, comments.
+//!
+//! It follows nginx's own `ngx_conf_read_token` closely, because the helper's policy check is
+//! only as good as its agreement with nginx about where directives start and end:
+//! - `#` starts a comment only at the start of a token (`a#b` is one word);
+//! - a word ends at whitespace, `;` or `{` (a `}` inside a word is part of it), except that
+//!   `${` inside a word is variable syntax and does not open a block;
+//! - quotes open a string only at the start of a token, and a closing quote must be followed by
+//!   whitespace, `;`, `{` or `)`;
+//! - `\"`, `\'`, `\\`, `\t`, `\r`, `\n` are unescaped; other backslashes are kept.
+//!
+//! Anything nginx would reject (unbalanced braces, a stray `;`, a missing `;` at the end) is
+//! rejected here too.
+
+use std::fmt;
+
+/// One directive: `name args...;` or `name args... { block }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Directive {
+    pub name: String,
+    pub args: Vec<String>,
+    pub block: Option<Vec<Directive>>,
+    /// 1-based line of the directive's name.
+    pub line: usize,
+}
+
+/// Why text is not valid nginx syntax.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+impl std::error::Error for SyntaxError {}
+
+/// Deepest block nesting accepted: real site confs need three or four levels; the limit keeps
+/// hostile input from recursing deeply.
+pub const MAX_DEPTH: usize = 16;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Token {
+    /// A word or quoted string, and whether it was quoted.
+    Word(String, bool),
+    Semicolon,
+    Open,
+    Close,
+}
+
+fn err<T>(line: usize, message: impl Into<String>) -> Result<T, SyntaxError> {
+    Err(SyntaxError {
+        line,
+        message: message.into(),
+    })
+}
+
+fn unescape(raw: &[char]) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == '\\' && i + 1 < raw.len() {
+            match raw[i + 1] {
+                '"' | '\'' | '\\' => out.push(raw[i + 1]),
+                't' => out.push('\t'),
+                'r' => out.push('\r'),
+                'n' => out.push('\n'),
+                other => {
+                    out.push('\\');
+                    out.push(other);
+                }
+            }
+            i += 2;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn tokenize(text: &str) -> Result<Vec<(Token, usize)>, SyntaxError> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut tokens = Vec::new();
+    let mut line = 1;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '\n' => {
+                line += 1;
+                i += 1;
+            }
+            ' ' | '\t' | '\r' => i += 1,
+            ';' => {
+                tokens.push((Token::Semicolon, line));
+                i += 1;
+            }
+            '{' => {
+                tokens.push((Token::Open, line));
+                i += 1;
+            }
+            '}' => {
+                tokens.push((Token::Close, line));
+                i += 1;
+            }
+            '#' => {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+            }
+            '"' | '\'' => {
+                let start_line = line;
+                let quote = c;
+                i += 1;
+                let start = i;
+                loop {
+                    match chars.get(i) {
+                        None => return err(start_line, "unterminated quoted string"),
+                        Some('\\') => {
+                            if chars.get(i + 1) == Some(&'\n') {
+                                line += 1;
+                            }
+                            i += 2;
+                        }
+                        Some(&q) if q == quote => break,
+                        Some('\n') => {
+                            line += 1;
+                            i += 1;
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+                let raw = &chars[start..i.min(chars.len())];
+                i += 1;
+                match chars.get(i) {
+                    None | Some(' ' | '\t' | '\r' | '\n' | ';' | '{' | ')') => {}
+                    Some(other) => {
+                        return err(line, format!("unexpected {other:?} after a quoted string"));
+                    }
+                }
+                tokens.push((Token::Word(unescape(raw), true), start_line));
+            }
+            _ => {
+                let start_line = line;
+                let start = i;
+                let mut variable = false;
+                while i < chars.len() {
+                    let ch = chars[i];
+                    if ch == '\\' {
+                        if chars.get(i + 1) == Some(&'\n') {
+                            line += 1;
+                        }
+                        i += 2;
+                        variable = false;
+                        continue;
+                    }
+                    if ch == '{' && variable {
+                        i += 1;
+                        variable = false;
+                        continue;
+                    }
+                    if matches!(ch, ' ' | '\t' | '\r' | '\n' | ';' | '{') {
+                        break;
+                    }
+                    variable = ch == '$';
+                    i += 1;
+                }
+                let raw = &chars[start..i.min(chars.len())];
+                tokens.push((Token::Word(unescape(raw), false), start_line));
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+/// Parses `text` as a sequence of directives (the content of an nginx `http` context include).
+pub fn parse(text: &str) -> Result<Vec<Directive>, SyntaxError> {
+    if text.contains('\0') {
+        return err(1, "NUL byte");
+    }
+    let tokens = tokenize(text)?;
+    let mut pos = 0;
+    let directives = parse_block(&tokens, &mut pos, 0)?;
+    if let Some((_, line)) = tokens.get(pos) {
+        return err(*line, "unexpected \"}\"");
+    }
+    Ok(directives)
+}
+
+fn parse_block(
+    tokens: &[(Token, usize)],
+    pos: &mut usize,
+    depth: usize,
+) -> Result<Vec<Directive>, SyntaxError> {
+    let mut out = Vec::new();
+    loop {
+        let Some((token, line)) = tokens.get(*pos) else {
+            return Ok(out);
+        };
+        let line = *line;
+        match token {
+            Token::Close => return Ok(out),
+            Token::Semicolon => return err(line, "unexpected \";\""),
+            Token::Open => return err(line, "unexpected \"{\""),
+            Token::Word(name, _) => {
+                *pos += 1;
+                let mut args = Vec::new();
+                loop {
+                    match tokens.get(*pos) {
+                        None => {
+                            return err(
+                                line,
+                                format!("directive \"{name}\" is not terminated by \";\""),
+                            );
+                        }
+                        Some((Token::Word(w, _), _)) => {
+                            args.push(w.clone());
+                            *pos += 1;
+                        }
+                        Some((Token::Semicolon, _)) => {
+                            *pos += 1;
+                            out.push(Directive {
+                                name: name.clone(),
+                                args,
+                                block: None,
+                                line,
+                            });
+                            break;
+                        }
+                        Some((Token::Open, open_line)) => {
+                            if depth + 1 > MAX_DEPTH {
+                                return err(*open_line, "blocks nested too deeply");
+                            }
+                            *pos += 1;
+                            let block = parse_block(tokens, pos, depth + 1)?;
+                            match tokens.get(*pos) {
+                                Some((Token::Close, _)) => *pos += 1,
+                                _ => {
+                                    return err(
+                                        line,
+                                        format!("block of \"{name}\" is not closed by \"}}\""),
+                                    );
+                                }
+                            }
+                            out.push(Directive {
+                                name: name.clone(),
+                                args,
+                                block: Some(block),
+                                line,
+                            });
+                            break;
+                        }
+                        Some((Token::Close, close_line)) => {
+                            return err(*close_line, "unexpected \"}\"");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every `server_name` argument anywhere in `directives`, in order.
+pub fn server_names(directives: &[Directive]) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in directives {
+        if d.name == "server_name" {
+            out.extend(d.args.iter().cloned());
+        }
+        if let Some(block) = &d.block {
+            out.extend(server_names(block));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(ds: &[Directive]) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in ds {
+            out.push(d.name.clone());
+            if let Some(b) = &d.block {
+                out.extend(names(b));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn parses_a_site() {
+        let text = "# a site\nserver {\n  listen 80;\n  server_name a.example b.example;\n  location / {\n    root /srv/a; # trailing\n  }\n  return 301 https://${host}$request_uri;\n}\n";
+        let ds = parse(text).unwrap();
+        assert_eq!(
+            names(&ds),
+            [
+                "server",
+                "listen",
+                "server_name",
+                "location",
+                "root",
+                "return"
+            ]
+        );
+        assert_eq!(server_names(&ds), ["a.example", "b.example"]);
+        let server = ds[0].block.as_ref().unwrap();
+        assert_eq!(server[2].args, ["/"]);
+        assert_eq!(server[3].args, ["301", "https://${host}$request_uri"]);
+        assert_eq!(server[1].line, 4);
+    }
+
+    #[test]
+    fn comments_only_at_token_start() {
+        let ds = parse("server { add_header X a#b; }").unwrap();
+        assert_eq!(ds[0].block.as_ref().unwrap()[0].args, ["X", "a#b"]);
+        // A comment hides nothing from us: the directive after the newline is parsed.
+        let ds = parse("server { # hidden \nload_module x.so; }").unwrap();
+        assert_eq!(names(&ds), ["server", "load_module"]);
+    }
+
+    #[test]
+    fn quotes_and_escapes() {
+        let ds = parse("add_header \"X-A\" 'b c;d' ;").unwrap();
+        assert_eq!(ds[0].args, ["X-A", "b c;d"]);
+        let ds = parse(r#"return 200 "a\"b";"#).unwrap();
+        assert_eq!(ds[0].args, ["200", "a\"b"]);
+        // Brace inside a word is part of it, as in nginx.
+        let ds = parse("return 200 a}b;").unwrap();
+        assert_eq!(ds[0].args, ["200", "a}b"]);
+    }
+
+    #[test]
+    fn rejects_bad_syntax() {
+        for bad in [
+            "server {",
+            "server { listen 80; ",
+            "}",
+            "server { } }",
+            "listen 80",
+            ";",
+            "{ }",
+            "a \"unterminated;",
+            "a \"x\"y;",
+            "server { listen 80 }",
+            "a\0;",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        let deep = "a {".repeat(MAX_DEPTH + 1) + &"}".repeat(MAX_DEPTH + 1);
+        assert!(parse(&deep).is_err());
+    }
+}
