@@ -1,2 +1,105 @@
-//! Placeholder: filled by the privhelper work (issue 2).
-fn main() {}
+//! durhack-privhelper: the root-owned helper that applies typed, policy-checked nginx and certbot
+//! requests for durhack-deployer. Read SECURITY.md first.
+//!
+//! Usage:
+//!   durhack-privhelper [--policy PATH] [--dev-insecure]         serve
+//!   durhack-privhelper check [--policy PATH] [--dev-insecure]   validate and print the policy
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod actions;
+mod checker;
+mod command;
+mod policy;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use policy::{DEFAULT_POLICY_PATH, Policy};
+
+const USAGE: &str = "usage: durhack-privhelper [check] [--policy PATH] [--dev-insecure]";
+
+struct Args {
+    check: bool,
+    policy: PathBuf,
+    dev_insecure: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        check: false,
+        policy: PathBuf::from(DEFAULT_POLICY_PATH),
+        dev_insecure: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "check" => args.check = true,
+            "--policy" => {
+                args.policy = it
+                    .next()
+                    .map(PathBuf::from)
+                    .ok_or("--policy needs a path")?
+            }
+            "--dev-insecure" => args.dev_insecure = true,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unexpected argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PRIVHELPER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args = parse_args()?;
+    let is_root = nix::unistd::Uid::effective().is_root();
+    if args.dev_insecure {
+        tracing::warn!(
+            "*** --dev-insecure: NOT checking that we are root or that the policy and conf dir are root-only. Never use this in production. ***"
+        );
+    } else if !is_root {
+        return Err("must run as root (use --dev-insecure only for development)".into());
+    }
+    let policy = Policy::load(&args.policy).map_err(|e| e.to_string())?;
+    if !args.dev_insecure {
+        policy
+            .check_ownership(&args.policy)
+            .map_err(|e| format!("refusing to start: {e}"))?;
+    }
+    if args.check {
+        println!("policy {} is valid; it allows:", args.policy.display());
+        print!("{}", policy.describe());
+        println!(
+            "directives: {}",
+            checker::allowed_directives().collect::<Vec<_>>().join(" ")
+        );
+        return Ok(());
+    }
+    let listener = server::listen(&policy).map_err(|e| e.to_string())?;
+    if is_root {
+        server::drop_privileges().map_err(|e| e.to_string())?;
+    } else {
+        tracing::warn!("*** not root (--dev-insecure): capabilities are not dropped ***");
+    }
+    tracing::info!(socket = %policy.socket.display(), client_uid = policy.client_uid, "serving");
+    server::serve(&policy, &listener).map_err(|e| e.to_string())
+}

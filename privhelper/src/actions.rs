@@ -1,0 +1,301 @@
+//! What each verb does once the peer has been accepted. The only file ever written or removed
+//! is `<conf_dir>/<site>.conf` (plus its temporary sibling during an atomic write).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use nix::fcntl::OFlag;
+use protocol::{
+    Domains, ErrorCode, Outcome, PROTOCOL_VERSION, Request, Response, SiteConfig, SiteName,
+};
+
+use crate::checker;
+use crate::command::{self, Outcome as Run};
+use crate::policy::Policy;
+
+pub fn handle(policy: &Policy, request: &Request) -> Response {
+    match request {
+        Request::Hello => Response::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        Request::WriteSite { site, config } => write_site(policy, site, config),
+        Request::RemoveSite { site } => remove_site(policy, site),
+        Request::ReloadNginx => reload(policy),
+        Request::IssueCertificate { site, domains } => issue(policy, site, domains),
+    }
+}
+
+fn internal(what: &str, path: &Path, e: io::Error) -> Response {
+    Response::error(
+        ErrorCode::Internal,
+        format!("{what} {}: {e}", path.display()),
+    )
+}
+
+fn command_error(run: Run) -> Response {
+    match run {
+        Run::TimedOut(out) => Response::Error {
+            code: ErrorCode::Timeout,
+            detail: protocol::Message::truncated_tail(&out),
+        },
+        Run::Failed(out) | Run::NotStarted(out) | Run::Success(out) => Response::Error {
+            code: ErrorCode::CommandFailed,
+            detail: protocol::Message::truncated_tail(&out),
+        },
+    }
+}
+
+/// Reads the current conf without following a symlink planted in its place.
+fn read_current(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(path);
+    match file {
+        Ok(mut f) => {
+            let mut buf = Vec::new();
+            // Bounded: a conf we wrote is at most 64 KiB; anything bigger was not ours.
+            Read::by_ref(&mut f)
+                .take(1024 * 1024)
+                .read_to_end(&mut buf)?;
+            Ok(Some(buf))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn temp_path(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes `content` to `target` atomically: exclusive create of a temporary sibling (never
+/// following a link), fsync, rename over the target, fsync the directory.
+fn write_atomic(target: &Path, content: &[u8]) -> io::Result<()> {
+    let tmp = temp_path(target);
+    // A leftover from a crash is ours to clean up (the directory is root's alone).
+    let _ = fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(&tmp)?;
+        f.write_all(content)?;
+        f.sync_all()?;
+        fs::rename(&tmp, target)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    sync_dir(target)
+}
+
+fn sync_dir(target: &Path) -> io::Result<()> {
+    match target.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Puts back what was there before: the old content, or nothing.
+fn restore(target: &Path, previous: Option<&[u8]>) -> io::Result<()> {
+    match previous {
+        Some(old) => write_atomic(target, old),
+        None => match fs::remove_file(target) {
+            Ok(()) => sync_dir(target),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Runs nginx -t; on failure restores `previous` and answers with nginx's message.
+fn test_or_restore(
+    policy: &Policy,
+    target: &Path,
+    previous: Option<&[u8]>,
+) -> Result<(), Response> {
+    match command::run(&policy.test, &[]) {
+        Run::Success(_) => Ok(()),
+        run => {
+            let restored = match restore(target, previous) {
+                Ok(()) => "the previous state was restored".to_string(),
+                Err(e) => format!("RESTORING THE PREVIOUS STATE FAILED: {e}"),
+            };
+            let (code, out) = match run {
+                Run::TimedOut(out) => (ErrorCode::Timeout, out),
+                Run::Failed(out) | Run::NotStarted(out) | Run::Success(out) => {
+                    (ErrorCode::NginxTestFailed, out)
+                }
+            };
+            Err(Response::Error {
+                code,
+                detail: protocol::Message::truncated_tail(&format!("{restored}\n{out}")),
+            })
+        }
+    }
+}
+
+fn write_site(policy: &Policy, site: &SiteName, config: &SiteConfig) -> Response {
+    if !policy.sites.contains_key(site) {
+        return Response::error(
+            ErrorCode::NotAllowed,
+            format!("site {site} is not in the policy"),
+        );
+    }
+    if let Err(why) = checker::check(policy, site, config.as_str()) {
+        return Response::error(ErrorCode::ConfRefused, why);
+    }
+    let target = policy.conf_path(site);
+    let previous = match read_current(&target) {
+        Ok(p) => p,
+        Err(e) => return internal("cannot read", &target, e),
+    };
+    if previous.as_deref() == Some(config.as_str().as_bytes()) {
+        return Response::done(
+            Outcome::SiteUnchanged,
+            format!("{} already has this content", target.display()),
+        );
+    }
+    if let Err(e) = write_atomic(&target, config.as_str().as_bytes()) {
+        return internal("cannot write", &target, e);
+    }
+    match test_or_restore(policy, &target, previous.as_deref()) {
+        Ok(()) => Response::done(Outcome::SiteWritten, format!("wrote {}", target.display())),
+        Err(response) => response,
+    }
+}
+
+fn remove_site(policy: &Policy, site: &SiteName) -> Response {
+    if !policy.sites.contains_key(site) {
+        return Response::error(
+            ErrorCode::NotAllowed,
+            format!("site {site} is not in the policy"),
+        );
+    }
+    let target = policy.conf_path(site);
+    let previous = match read_current(&target) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return Response::done(
+                Outcome::SiteAbsent,
+                format!("{} does not exist", target.display()),
+            );
+        }
+        Err(e) => return internal("cannot read", &target, e),
+    };
+    if let Err(e) = fs::remove_file(&target).and_then(|()| sync_dir(&target)) {
+        return internal("cannot remove", &target, e);
+    }
+    match test_or_restore(policy, &target, Some(&previous)) {
+        Ok(()) => Response::done(
+            Outcome::SiteRemoved,
+            format!("removed {}", target.display()),
+        ),
+        Err(response) => response,
+    }
+}
+
+fn reload(policy: &Policy) -> Response {
+    match command::run(&policy.test, &[]) {
+        Run::Success(_) => {}
+        Run::TimedOut(out) => {
+            return Response::Error {
+                code: ErrorCode::Timeout,
+                detail: protocol::Message::truncated_tail(&out),
+            };
+        }
+        Run::Failed(out) | Run::NotStarted(out) => {
+            return Response::Error {
+                code: ErrorCode::NginxTestFailed,
+                detail: protocol::Message::truncated_tail(&out),
+            };
+        }
+    }
+    match command::run(&policy.reload, &[]) {
+        Run::Success(out) => Response::done(Outcome::Reloaded, out),
+        run => command_error(run),
+    }
+}
+
+fn issue(policy: &Policy, site: &SiteName, domains: &Domains) -> Response {
+    let Some(allowed) = policy.sites.get(site) else {
+        return Response::error(
+            ErrorCode::NotAllowed,
+            format!("site {site} is not in the policy"),
+        );
+    };
+    if let Some(d) = domains.as_slice().iter().find(|d| !allowed.contains(*d)) {
+        return Response::error(
+            ErrorCode::NotAllowed,
+            format!("domain {d} is not one of site {site}'s policy domains"),
+        );
+    }
+    let cert = policy.certbot.live_dir.join(site.as_str()).join("cert.pem");
+    let names = valid_certificate_names(policy, &cert).unwrap_or_default();
+    if domains
+        .as_slice()
+        .iter()
+        .all(|d| names.iter().any(|n| n == d.as_str()))
+    {
+        let detail = format!("{} covers these domains", cert.display());
+        return Response::done(Outcome::CertificateStillValid, detail);
+    }
+    let mut extra = vec!["--cert-name".to_string(), site.to_string()];
+    for d in domains.as_slice() {
+        extra.push("-d".into());
+        extra.push(d.to_string());
+    }
+    match command::run(&policy.certbot.command, &extra) {
+        Run::Success(out) => Response::Done {
+            outcome: Outcome::CertificateIssued,
+            detail: protocol::Message::truncated_tail(&out),
+        },
+        run => command_error(run),
+    }
+}
+
+/// The DNS names of the certificate at `cert`, if it exists and does not expire within the
+/// policy's renewal window. Asks openssl (fixed argv, cleared environment) rather than
+/// parsing X.509 here.
+fn valid_certificate_names(policy: &Policy, cert: &Path) -> Option<Vec<String>> {
+    let meta = fs::metadata(cert).ok()?;
+    // A certificate modified in the future is suspicious enough to be re-issued.
+    if meta.modified().ok()? > SystemTime::now() + Duration::from_secs(3600) {
+        return None;
+    }
+    let openssl = crate::policy::Command {
+        argv: vec![policy.certbot.openssl.to_string_lossy().into_owned()],
+        env: Default::default(),
+        timeout: Duration::from_secs(30),
+    };
+    let args = [
+        "x509",
+        "-noout",
+        "-in",
+        &cert.to_string_lossy(),
+        "-checkend",
+        &policy.certbot.renew_before.as_secs().to_string(),
+        "-ext",
+        "subjectAltName",
+    ]
+    .map(String::from);
+    match command::run(&openssl, &args) {
+        Run::Success(out) => Some(
+            out.split([',', '\n'])
+                .filter_map(|part| part.trim().strip_prefix("DNS:").map(str::to_string))
+                .collect(),
+        ),
+        _ => None,
+    }
+}

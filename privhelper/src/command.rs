@@ -1,0 +1,152 @@
+//! Running the policy's commands: fixed argv, cleared environment, no shell, a timeout, and
+//! output captured up to a bound.
+
+use std::io::Read;
+use std::process::{Command as Process, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::policy::Command;
+
+/// How much combined stdout+stderr is kept (the tail beyond this is dropped, the rest drained).
+const MAX_OUTPUT: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub enum Outcome {
+    /// Exited 0.
+    Success(String),
+    /// Exited non-zero or was killed by a signal.
+    Failed(String),
+    /// Did not finish in time and was killed.
+    TimedOut(String),
+    /// Could not be started.
+    NotStarted(String),
+}
+
+/// Runs `cmd` with `extra` arguments appended.
+pub fn run(cmd: &Command, extra: &[String]) -> Outcome {
+    let (reader, writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => return Outcome::NotStarted(format!("cannot create a pipe: {e}")),
+    };
+    let writer2 = match writer.try_clone() {
+        Ok(w) => w,
+        Err(e) => return Outcome::NotStarted(format!("cannot create a pipe: {e}")),
+    };
+    let Some((program, args)) = cmd.argv.split_first() else {
+        return Outcome::NotStarted("empty argv".into());
+    };
+    let mut process = Process::new(program);
+    process
+        .args(args)
+        .args(extra)
+        .env_clear()
+        .envs(&cmd.env)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2);
+    let child = process.spawn();
+    // Our copies of the write end must go before we read, or EOF never comes.
+    drop(process);
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return Outcome::NotStarted(format!("cannot run {program}: {e}")),
+    };
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut reader = reader;
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    // Keep the tail: tools explain failures at the end of their output.
+                    kept.extend_from_slice(&buf[..n]);
+                    if kept.len() > MAX_OUTPUT {
+                        kept.drain(..kept.len() - MAX_OUTPUT);
+                    }
+                }
+            }
+        }
+        let _ = tx.send(String::from_utf8_lossy(&kept).into_owned());
+    });
+
+    let deadline = Instant::now() + cmd.timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Outcome::Failed(format!("cannot wait for {program}: {e}")),
+        }
+    };
+    // A grandchild that kept the pipe open must not hang us: give the reader a moment, then
+    // answer with what we have.
+    let output = rx
+        .recv_timeout(Duration::from_secs(2))
+        .unwrap_or_else(|_| "(output still open after exit)".into());
+    match status {
+        None => Outcome::TimedOut(format!(
+            "{program} timed out after {:?}\n{output}",
+            cmd.timeout
+        )),
+        Some(s) if s.success() => Outcome::Success(output),
+        Some(s) => Outcome::Failed(format!("{program} failed ({s})\n{output}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn cmd(argv: &[&str], secs: u64) -> Command {
+        Command {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::from([("ONLY".to_string(), "this".to_string())]),
+            timeout: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn environment_is_cleared_and_output_bounded() {
+        match run(&cmd(&["/usr/bin/env"], 10), &[]) {
+            Outcome::Success(out) => assert_eq!(out.trim(), "ONLY=this"),
+            other => panic!("{other:?}"),
+        }
+        match run(
+            &cmd(&["/usr/bin/head", "-c", "1000000", "/dev/zero"], 10),
+            &[],
+        ) {
+            Outcome::Success(out) => assert_eq!(out.len(), MAX_OUTPUT),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn failures_timeouts_and_missing_programs() {
+        // Arguments are passed as they are, never through a shell.
+        match run(
+            &cmd(&["/usr/bin/ls", "--"], 10),
+            &["/nonexistent; touch /tmp/x".into()],
+        ) {
+            Outcome::Failed(out) => assert!(out.contains("/nonexistent; touch /tmp/x"), "{out}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            run(&cmd(&["/usr/bin/sleep", "30"], 1), &[]),
+            Outcome::TimedOut(_)
+        ));
+        assert!(matches!(
+            run(&cmd(&["/nonexistent/program"], 1), &[]),
+            Outcome::NotStarted(_)
+        ));
+    }
+}

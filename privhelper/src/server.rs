@@ -1,0 +1,212 @@
+//! The socket, the peer check, privilege reduction and the serial serve loop.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::sys::socket::{getsockopt, sockopt};
+use nix::unistd::{Gid, Uid};
+use protocol::frame::{self, FrameError};
+use protocol::{ErrorCode, Request, Response};
+
+use crate::actions;
+use crate::policy::Policy;
+
+/// Capabilities kept after binding, and why. Everything else is dropped from the bounding,
+/// permitted and effective sets (so the commands we run, which as uid 0 would otherwise regain
+/// the full bounding set on exec, cannot get them back either):
+/// - CAP_CHOWN: `nginx -t` creates its temp directories and chowns them to the worker user;
+/// - CAP_DAC_OVERRIDE: `nginx -t` and certbot must read confs, snippets and webroots that are
+///   not necessarily root-owned, and certbot writes challenge files into the webroot;
+/// - CAP_FOWNER: certbot sets modes on files and directories it did not create.
+///
+/// Binding a socket, changing its group and writing the conf dir happen before the drop or need
+/// no capability (root owns the conf dir). Not kept: CAP_SYS_ADMIN, CAP_SYS_MODULE,
+/// CAP_SYS_PTRACE, CAP_SETUID/SETGID, CAP_NET_ADMIN/RAW, CAP_NET_BIND_SERVICE (nginx -t does
+/// not bind; the running master does, with its own capabilities), CAP_KILL (the reload signals
+/// a master with our uid) and the rest.
+pub const KEPT_CAPABILITIES: [Capability; 3] = [
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_FOWNER,
+];
+
+#[derive(Debug)]
+pub struct ServeError(pub String);
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn serr<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ServeError + '_ {
+    move |e| ServeError(format!("{what}: {e}"))
+}
+
+/// The listening socket: systemd's if we were socket-activated, otherwise our own at the
+/// policy's path, mode 0660, group of the client user.
+///
+/// With `unsafe_code` forbidden we cannot adopt fd 3 by number, so socket activation needs
+/// `StandardInput=socket` in the service unit: systemd then hands us the listening socket as
+/// stdin, which std lets us borrow safely.
+pub fn listen(policy: &Policy) -> Result<UnixListener, ServeError> {
+    let activated = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    if activated {
+        let fd = io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(serr("cannot take the activated socket"))?;
+        let stat = nix::sys::stat::fstat(&fd).map_err(serr("cannot stat stdin"))?;
+        if stat.st_mode & libc_s_ifmt() != libc_s_ifsock() {
+            return Err(ServeError("LISTEN_PID is ours but stdin is not a socket: set StandardInput=socket in the unit".into()));
+        }
+        tracing::info!("using the systemd-activated socket passed as stdin");
+        return Ok(UnixListener::from(fd));
+    }
+    match fs::symlink_metadata(&policy.socket) {
+        Ok(m) if m.file_type().is_socket() => {
+            fs::remove_file(&policy.socket).map_err(serr("cannot remove the stale socket"))?
+        }
+        Ok(_) => {
+            return Err(ServeError(format!(
+                "{} exists and is not a socket",
+                policy.socket.display()
+            )));
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(&policy.socket).map_err(serr("cannot bind the socket"))?;
+    if Uid::effective().is_root() {
+        nix::unistd::chown(
+            &policy.socket,
+            Some(Uid::from_raw(0)),
+            Some(Gid::from_raw(policy.client_gid)),
+        )
+        .map_err(serr("cannot chown the socket"))?;
+    }
+    fs::set_permissions(&policy.socket, fs::Permissions::from_mode(0o660))
+        .map_err(serr("cannot chmod the socket"))?;
+    Ok(listener)
+}
+
+fn libc_s_ifmt() -> u32 {
+    0o170000
+}
+fn libc_s_ifsock() -> u32 {
+    0o140000
+}
+
+/// Drops every capability but [`KEPT_CAPABILITIES`], clears the inheritable and ambient sets,
+/// and makes the process non-dumpable (no core dumps, no ptrace by the same uid).
+pub fn drop_privileges() -> Result<(), ServeError> {
+    let keep: CapsHashSet = KEPT_CAPABILITIES.into_iter().collect();
+    for cap in caps::all() {
+        if !keep.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(serr("cannot drop from the bounding set"))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(serr("cannot clear the ambient set"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(serr("cannot clear the inheritable set"))?;
+    caps::set(None, CapSet::Effective, &keep).map_err(serr("cannot set the effective set"))?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(serr("cannot set the permitted set"))?;
+    nix::sys::prctl::set_dumpable(false).map_err(serr("cannot make the process non-dumpable"))?;
+    let left = caps::read(None, CapSet::Permitted).map_err(serr("cannot read capabilities"))?;
+    tracing::info!(kept = ?left, "dropped capabilities");
+    Ok(())
+}
+
+/// Serves connections one at a time, forever.
+pub fn serve(policy: &Policy, listener: &UnixListener) -> Result<(), ServeError> {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => serve_one(policy, stream),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::error!("accept failed: {e}");
+                // Avoid a hot loop on a persistent error such as EMFILE.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn serve_one(policy: &Policy, mut stream: UnixStream) {
+    let started = Instant::now();
+    let (uid, pid) = match getsockopt(&stream, sockopt::PeerCredentials) {
+        Ok(c) => (c.uid(), c.pid()),
+        Err(e) => {
+            tracing::warn!("cannot read peer credentials, closing: {e}");
+            return;
+        }
+    };
+    let _ = stream.set_write_timeout(Some(policy.read_timeout));
+    if uid != policy.client_uid {
+        // Refused before a byte is read: the request is never looked at.
+        let _ = frame::write(
+            &mut stream,
+            &Response::error(ErrorCode::PeerRefused, "not the policy's client user"),
+        );
+        tracing::warn!(
+            peer_uid = uid,
+            peer_pid = pid,
+            verb = "-",
+            site = "-",
+            decision = "refused: wrong peer uid",
+            duration_ms = 0
+        );
+        return;
+    }
+    let _ = stream.set_read_timeout(Some(policy.read_timeout));
+    let request = frame::read_exact_one::<Request>(&mut stream);
+    let (verb, site, response) = match request {
+        Ok(req) => {
+            let response = actions::handle(policy, &req);
+            (
+                req.verb(),
+                req.site()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                response,
+            )
+        }
+        Err(e) => {
+            let code = match &e {
+                FrameError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
+                FrameError::Io(io)
+                    if matches!(
+                        io.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    ErrorCode::Timeout
+                }
+                _ => ErrorCode::Malformed,
+            };
+            ("-", "-".into(), Response::error(code, e.to_string()))
+        }
+    };
+    let decision = match &response {
+        Response::Hello { .. } => "hello".to_string(),
+        Response::Done { outcome, .. } => format!("done: {outcome}"),
+        Response::Error { code, detail } => format!(
+            "error: {code}: {}",
+            detail.as_str().lines().next().unwrap_or("")
+        ),
+    };
+    let written =
+        frame::write(&mut stream, &response).and_then(|()| stream.flush().map_err(FrameError::Io));
+    let duration_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(peer_uid = uid, peer_pid = pid, verb, site = %site, decision = %decision, duration_ms);
+    if let Err(e) = written {
+        tracing::warn!(peer_pid = pid, "could not send the response: {e}");
+    }
+}
