@@ -11,7 +11,7 @@ use caps::{CapSet, Capability, CapsHashSet};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Uid};
 use protocol::frame::{self, FrameError};
-use protocol::{ErrorCode, Request, Response};
+use protocol::{ErrorCode, MAX_FRAME_BYTES, Request, Response};
 
 use crate::actions;
 use crate::policy::Policy;
@@ -179,6 +179,12 @@ fn serve_one(policy: &Policy, mut stream: UnixStream) {
             )
         }
         Err(e) => {
+            // Drain (bounded, under the read timeout) what the peer sent, so closing with unread
+            // data does not reset the connection before it reads our error.
+            let _ = io::copy(
+                &mut io::Read::take(&mut stream, MAX_FRAME_BYTES as u64),
+                &mut io::sink(),
+            );
             let code = match &e {
                 FrameError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
                 FrameError::Io(io)

@@ -4,3 +4,6 @@
 //! fails the test loudly; elsewhere it prints why and the test returns early.
 
 pub mod prereq;
+pub mod nginx;
+pub mod pebble;
+pub mod privhelper;
