@@ -5,15 +5,15 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use protocol::{
-    Domains, ErrorCode, Outcome, PROTOCOL_VERSION, Request, Response, SiteConfig, SiteName,
+    Domains, ErrorCode, Message, Outcome, PROTOCOL_VERSION, Request, Response, SiteConfig, SiteName,
 };
 
 use crate::checker;
-use crate::command::{self, Outcome as Run};
+use crate::command::{self, Failure};
 use crate::policy::Policy;
 
 pub fn handle(policy: &Policy, request: &Request) -> Response {
@@ -28,6 +28,13 @@ pub fn handle(policy: &Policy, request: &Request) -> Response {
     }
 }
 
+fn not_in_policy(site: &SiteName) -> Response {
+    Response::error(
+        ErrorCode::NotAllowed,
+        format!("site {site} is not in the policy"),
+    )
+}
+
 fn internal(what: &str, path: &Path, e: io::Error) -> Response {
     Response::error(
         ErrorCode::Internal,
@@ -35,16 +42,16 @@ fn internal(what: &str, path: &Path, e: io::Error) -> Response {
     )
 }
 
-fn command_error(run: Run) -> Response {
-    match run {
-        Run::TimedOut(out) => Response::Error {
-            code: ErrorCode::Timeout,
-            detail: protocol::Message::truncated_tail(&out),
-        },
-        Run::Failed(out) | Run::NotStarted(out) | Run::Success(out) => Response::Error {
-            code: ErrorCode::CommandFailed,
-            detail: protocol::Message::truncated_tail(&out),
-        },
+/// A failed command's answer: its output's tail, after `note`.
+fn failed(f: Failure, code: ErrorCode, note: &str) -> Response {
+    let code = if f.timed_out {
+        ErrorCode::Timeout
+    } else {
+        code
+    };
+    Response::Error {
+        code,
+        detail: Message::truncated_tail(&format!("{note}{}", f.output)),
     }
 }
 
@@ -125,33 +132,25 @@ fn test_or_restore(
     target: &Path,
     previous: Option<&[u8]>,
 ) -> Result<(), Response> {
-    match command::run(&policy.test, &[]) {
-        Run::Success(_) => Ok(()),
-        run => {
-            let restored = match restore(target, previous) {
-                Ok(()) => "the previous state was restored".to_string(),
-                Err(e) => format!("RESTORING THE PREVIOUS STATE FAILED: {e}"),
-            };
-            let (code, out) = match run {
-                Run::TimedOut(out) => (ErrorCode::Timeout, out),
-                Run::Failed(out) | Run::NotStarted(out) | Run::Success(out) => {
-                    (ErrorCode::NginxTestFailed, out)
-                }
-            };
-            Err(Response::Error {
-                code,
-                detail: protocol::Message::truncated_tail(&format!("{restored}\n{out}")),
-            })
+    let Err(f) = command::run(&policy.test, &[]) else {
+        return Ok(());
+    };
+    match restore(target, previous) {
+        Ok(()) => Err(failed(
+            f,
+            ErrorCode::NginxTestFailed,
+            "the previous state was restored\n",
+        )),
+        Err(e) => {
+            let note = format!("RESTORING THE PREVIOUS STATE FAILED: {e}\n");
+            Err(failed(f, ErrorCode::NginxTestFailed, &note))
         }
     }
 }
 
 fn write_site(policy: &Policy, site: &SiteName, config: &SiteConfig) -> Response {
     if !policy.sites.contains_key(site) {
-        return Response::error(
-            ErrorCode::NotAllowed,
-            format!("site {site} is not in the policy"),
-        );
+        return not_in_policy(site);
     }
     if let Err(why) = checker::check(policy, site, config.as_str()) {
         return Response::error(ErrorCode::ConfRefused, why);
@@ -178,10 +177,7 @@ fn write_site(policy: &Policy, site: &SiteName, config: &SiteConfig) -> Response
 
 fn remove_site(policy: &Policy, site: &SiteName) -> Response {
     if !policy.sites.contains_key(site) {
-        return Response::error(
-            ErrorCode::NotAllowed,
-            format!("site {site} is not in the policy"),
-        );
+        return not_in_policy(site);
     }
     let target = policy.conf_path(site);
     let previous = match read_current(&target) {
@@ -207,33 +203,18 @@ fn remove_site(policy: &Policy, site: &SiteName) -> Response {
 }
 
 fn reload(policy: &Policy) -> Response {
-    match command::run(&policy.test, &[]) {
-        Run::Success(_) => {}
-        Run::TimedOut(out) => {
-            return Response::Error {
-                code: ErrorCode::Timeout,
-                detail: protocol::Message::truncated_tail(&out),
-            };
-        }
-        Run::Failed(out) | Run::NotStarted(out) => {
-            return Response::Error {
-                code: ErrorCode::NginxTestFailed,
-                detail: protocol::Message::truncated_tail(&out),
-            };
-        }
+    if let Err(f) = command::run(&policy.test, &[]) {
+        return failed(f, ErrorCode::NginxTestFailed, "not reloading: ");
     }
     match command::run(&policy.reload, &[]) {
-        Run::Success(out) => Response::done(Outcome::Reloaded, out),
-        run => command_error(run),
+        Ok(out) => Response::done(Outcome::Reloaded, out),
+        Err(f) => failed(f, ErrorCode::CommandFailed, ""),
     }
 }
 
 fn issue(policy: &Policy, site: &SiteName, domains: &Domains) -> Response {
     let Some(allowed) = policy.sites.get(site) else {
-        return Response::error(
-            ErrorCode::NotAllowed,
-            format!("site {site} is not in the policy"),
-        );
+        return not_in_policy(site);
     };
     if let Some(d) = domains.as_slice().iter().find(|d| !allowed.contains(*d)) {
         return Response::error(
@@ -242,7 +223,7 @@ fn issue(policy: &Policy, site: &SiteName, domains: &Domains) -> Response {
         );
     }
     let cert = policy.certbot.live_dir.join(site.as_str()).join("cert.pem");
-    let names = valid_certificate_names(policy, &cert).unwrap_or_default();
+    let names = valid_certificate_names(policy, &cert);
     if domains
         .as_slice()
         .iter()
@@ -257,45 +238,41 @@ fn issue(policy: &Policy, site: &SiteName, domains: &Domains) -> Response {
         extra.push(d.to_string());
     }
     match command::run(&policy.certbot.command, &extra) {
-        Run::Success(out) => Response::Done {
+        Ok(out) => Response::Done {
             outcome: Outcome::CertificateIssued,
-            detail: protocol::Message::truncated_tail(&out),
+            detail: Message::truncated_tail(&out),
         },
-        run => command_error(run),
+        Err(f) => failed(f, ErrorCode::CommandFailed, ""),
     }
 }
 
-/// The DNS names of the certificate at `cert`, if it exists and does not expire within the
-/// policy's renewal window. Asks openssl (fixed argv, cleared environment) rather than
-/// parsing X.509 here.
-fn valid_certificate_names(policy: &Policy, cert: &Path) -> Option<Vec<String>> {
-    let meta = fs::metadata(cert).ok()?;
-    // A certificate modified in the future is suspicious enough to be re-issued.
-    if meta.modified().ok()? > SystemTime::now() + Duration::from_secs(3600) {
-        return None;
+/// The DNS names of the certificate at `cert` if it exists and does not expire within the
+/// policy's renewal window, else nothing. Asks openssl (fixed argv, cleared environment) rather
+/// than parsing X.509 here.
+fn valid_certificate_names(policy: &Policy, cert: &Path) -> Vec<String> {
+    if !cert.exists() {
+        return Vec::new();
     }
+    let window = policy.certbot.renew_before.as_secs().to_string();
+    let argv = [
+        &*policy.certbot.openssl.to_string_lossy(),
+        "x509",
+        "-noout",
+        "-checkend",
+        &window,
+    ];
     let openssl = crate::policy::Command {
-        argv: vec![policy.certbot.openssl.to_string_lossy().into_owned()],
+        argv: argv
+            .into_iter()
+            .chain(["-ext", "subjectAltName", "-in"])
+            .map(String::from)
+            .collect(),
         env: Default::default(),
         timeout: Duration::from_secs(30),
     };
-    let args = [
-        "x509",
-        "-noout",
-        "-in",
-        &cert.to_string_lossy(),
-        "-checkend",
-        &policy.certbot.renew_before.as_secs().to_string(),
-        "-ext",
-        "subjectAltName",
-    ]
-    .map(String::from);
-    match command::run(&openssl, &args) {
-        Run::Success(out) => Some(
-            out.split([',', '\n'])
-                .filter_map(|part| part.trim().strip_prefix("DNS:").map(str::to_string))
-                .collect(),
-        ),
-        _ => None,
-    }
+    let out = command::run(&openssl, &[cert.display().to_string()]).unwrap_or_default();
+    let names = out
+        .split([',', '\n'])
+        .filter_map(|part| part.trim().strip_prefix("DNS:"));
+    names.map(str::to_string).collect()
 }

@@ -13,94 +13,24 @@ use protocol::nginx_syntax::{self, Directive};
 
 use crate::policy::Policy;
 
-/// How a directive's arguments are checked.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// No file-system meaning.
-    Plain,
-    /// First argument is a directory that nginx serves from: inside an allowed root.
-    ServedPath,
-    /// First argument is a file under the snippets directory.
-    Include,
-    /// First argument is under `<live_dir>/<site>/`.
-    Certificate,
-    /// First argument is a log file under the log dir (or `off`, for `access_log`).
-    Log,
-    /// `listen`: no `unix:` sockets (nginx would create them as root), no `default_server`.
-    Listen,
-    /// `server_name`: each argument one of the site's domains.
-    ServerName,
-    /// `proxy_pass`: no `unix:` upstream (which would expose a local socket to the web).
-    Proxy,
-}
-
-/// The allow-list. `server`, `location` and `if` are the only blocks.
-const ALLOWED: &[(&str, Kind)] = &[
-    ("listen", Kind::Listen),
-    ("server_name", Kind::ServerName),
-    ("location", Kind::Plain),
-    ("if", Kind::Plain),
-    ("root", Kind::ServedPath),
-    ("alias", Kind::ServedPath),
-    ("index", Kind::Plain),
-    ("try_files", Kind::Plain),
-    ("return", Kind::Plain),
-    ("rewrite", Kind::Plain),
-    ("set", Kind::Plain),
-    ("break", Kind::Plain),
-    ("internal", Kind::Plain),
-    ("allow", Kind::Plain),
-    ("deny", Kind::Plain),
-    ("autoindex", Kind::Plain),
-    ("default_type", Kind::Plain),
-    ("charset", Kind::Plain),
-    ("expires", Kind::Plain),
-    ("etag", Kind::Plain),
-    ("error_page", Kind::Plain),
-    ("add_header", Kind::Plain),
-    ("absolute_redirect", Kind::Plain),
-    ("port_in_redirect", Kind::Plain),
-    ("server_tokens", Kind::Plain),
-    ("client_max_body_size", Kind::Plain),
-    ("keepalive_timeout", Kind::Plain),
-    ("sendfile", Kind::Plain),
-    ("tcp_nopush", Kind::Plain),
-    ("http2", Kind::Plain),
-    ("proxy_pass", Kind::Proxy),
-    ("proxy_set_header", Kind::Plain),
-    ("proxy_http_version", Kind::Plain),
-    ("proxy_read_timeout", Kind::Plain),
-    ("proxy_connect_timeout", Kind::Plain),
-    ("proxy_send_timeout", Kind::Plain),
-    ("proxy_redirect", Kind::Plain),
-    ("proxy_buffering", Kind::Plain),
-    ("proxy_request_buffering", Kind::Plain),
-    ("proxy_hide_header", Kind::Plain),
-    ("proxy_cache_bypass", Kind::Plain),
-    ("gzip", Kind::Plain),
-    ("gzip_types", Kind::Plain),
-    ("gzip_min_length", Kind::Plain),
-    ("gzip_comp_level", Kind::Plain),
-    ("gzip_vary", Kind::Plain),
-    ("gzip_proxied", Kind::Plain),
-    ("gzip_disable", Kind::Plain),
-    ("gzip_http_version", Kind::Plain),
-    ("gzip_buffers", Kind::Plain),
-    ("ssl_certificate", Kind::Certificate),
-    ("ssl_certificate_key", Kind::Certificate),
-    ("ssl_protocols", Kind::Plain),
-    ("ssl_ciphers", Kind::Plain),
-    ("ssl_prefer_server_ciphers", Kind::Plain),
-    ("ssl_session_timeout", Kind::Plain),
-    ("ssl_session_tickets", Kind::Plain),
-    ("include", Kind::Include),
-    ("access_log", Kind::Log),
-    ("error_log", Kind::Log),
-];
+/// The allow-list. `server` (top level only), `location` and `if` are the only blocks.
+/// Arguments are checked for the directives in [`Ctx::args`]; the rest have no file-system or
+/// socket meaning.
+const ALLOWED: &str = "\
+    listen server_name location if root alias index try_files return rewrite set break \
+    internal allow deny autoindex default_type charset expires etag error_page add_header \
+    absolute_redirect port_in_redirect server_tokens client_max_body_size keepalive_timeout \
+    sendfile tcp_nopush http2 proxy_pass proxy_set_header proxy_http_version \
+    proxy_read_timeout proxy_connect_timeout proxy_send_timeout proxy_redirect proxy_buffering \
+    proxy_request_buffering proxy_hide_header proxy_cache_bypass gzip gzip_types \
+    gzip_min_length gzip_comp_level gzip_vary gzip_proxied gzip_disable gzip_http_version \
+    gzip_buffers ssl_certificate ssl_certificate_key ssl_protocols ssl_ciphers \
+    ssl_prefer_server_ciphers ssl_session_timeout ssl_session_tickets include access_log \
+    error_log";
 
 /// The names on the allow-list, for documentation and `check`.
 pub fn allowed_directives() -> impl Iterator<Item = &'static str> {
-    std::iter::once("server").chain(ALLOWED.iter().map(|(n, _)| *n))
+    std::iter::once("server").chain(ALLOWED.split_whitespace())
 }
 
 /// Checks `text` as the conf of `site`. The error says which line and why.
@@ -151,9 +81,9 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn block(&self, directives: &[Directive], in_server: bool) -> Result<(), String> {
         for d in directives {
-            let Some((_, kind)) = ALLOWED.iter().find(|(n, _)| *n == d.name) else {
+            if !ALLOWED.split_whitespace().any(|n| n == d.name) {
                 return Err(refuse(d, "directive not allowed"));
-            };
+            }
             let is_block = matches!(d.name.as_str(), "location" | "if");
             match (&d.block, is_block) {
                 (Some(block), true) => self.block(block, false)?,
@@ -161,80 +91,69 @@ impl Ctx<'_> {
                 (Some(_), false) => return Err(refuse(d, "may not have a block")),
                 (None, true) => return Err(refuse(d, "needs a block")),
             }
-            if matches!(kind, Kind::Listen | Kind::ServerName) && !in_server {
+            if matches!(d.name.as_str(), "listen" | "server_name") && !in_server {
                 return Err(refuse(d, "allowed only directly in server"));
             }
-            self.args(d, *kind)?;
+            self.args(d)?;
         }
         Ok(())
     }
 
-    fn args(&self, d: &Directive, kind: Kind) -> Result<(), String> {
+    fn args(&self, d: &Directive) -> Result<(), String> {
         let first = d.args.first().map(String::as_str).unwrap_or("");
-        match kind {
-            Kind::Plain => Ok(()),
-            Kind::ServedPath => {
-                let roots: Vec<&Path> = self
-                    .policy
-                    .allowed_roots
-                    .iter()
-                    .map(|p| p.as_path())
-                    .collect();
+        let p = self.policy;
+        match d.name.as_str() {
+            "root" | "alias" => {
+                let roots: Vec<&Path> = p.allowed_roots.iter().map(|p| p.as_path()).collect();
                 self.path_under(d, first, &roots)
             }
-            Kind::Include => self.path_under(d, first, &[self.policy.snippets_dir.as_path()]),
-            Kind::Certificate => {
-                let dir = self.policy.certbot.live_dir.join(self.site.as_str());
-                self.path_under(d, first, &[dir.as_path()])
+            "include" => self.path_under(d, first, &[&p.snippets_dir]),
+            "ssl_certificate" | "ssl_certificate_key" => {
+                self.path_under(d, first, &[&p.certbot.live_dir.join(self.site.as_str())])
             }
-            Kind::Log => {
-                if d.name == "access_log" && first == "off" {
-                    return Ok(());
-                }
-                self.path_under(d, first, &[self.policy.log_dir.as_path()])
+            "access_log" if first == "off" => Ok(()),
+            "access_log" | "error_log" => self.path_under(d, first, &[&p.log_dir]),
+            // nginx would create the socket file as root, anywhere.
+            "listen" if first.starts_with("unix:") => {
+                Err(refuse(d, "unix sockets are not allowed"))
             }
-            Kind::Listen => {
-                if first.starts_with("unix:") {
-                    return Err(refuse(d, "unix sockets are not allowed"));
-                }
+            "listen"
                 if d.args
                     .iter()
-                    .any(|a| a == "default_server" || a == "default")
-                {
-                    return Err(refuse(
-                        d,
-                        "default_server would capture other sites' traffic",
-                    ));
-                }
-                Ok(())
+                    .any(|a| a == "default_server" || a == "default") =>
+            {
+                Err(refuse(
+                    d,
+                    "default_server would capture other sites' traffic",
+                ))
             }
-            Kind::ServerName => {
-                if d.args.is_empty() {
-                    return Err(refuse(d, "needs at least one name"));
-                }
-                match d.args.iter().find(|a| !self.domains.contains(&a.as_str())) {
-                    Some(other) => Err(refuse(
-                        d,
-                        &format!(
-                            "{other:?} is not one of site {}'s policy domains",
-                            self.site
-                        ),
-                    )),
-                    None => Ok(()),
-                }
+            // A unix-socket upstream would expose a local socket (docker's, say) to the web.
+            "proxy_pass" if first.contains("unix:") => {
+                Err(refuse(d, "unix upstreams are not allowed"))
             }
-            Kind::Proxy => {
-                if first.contains("unix:") {
-                    return Err(refuse(d, "unix-socket upstreams are not allowed"));
+            "server_name" if d.args.is_empty() => Err(refuse(d, "needs at least one name")),
+            "server_name" => match d.args.iter().find(|a| !self.domains.contains(&a.as_str())) {
+                Some(other) => {
+                    let why = format!(
+                        "{other:?} is not one of site {}'s policy domains",
+                        self.site
+                    );
+                    Err(refuse(d, &why))
                 }
-                Ok(())
-            }
+                None => Ok(()),
+            },
+            _ => Ok(()),
         }
     }
 
     /// `arg` must be an absolute, variable-free path without `..` inside one of `roots` (a served
     /// directory may be the root itself; files must be below it).
-    fn path_under(&self, d: &Directive, arg: &str, roots: &[&Path]) -> Result<(), String> {
+    fn path_under<P: AsRef<Path>>(
+        &self,
+        d: &Directive,
+        arg: &str,
+        roots: &[P],
+    ) -> Result<(), String> {
         if arg.contains('$') {
             return Err(refuse(d, "variables are not allowed in paths"));
         }
@@ -250,13 +169,14 @@ impl Ctx<'_> {
             return Err(refuse(d, "path must not contain .. or ."));
         }
         let may_equal = matches!(d.name.as_str(), "root" | "alias");
-        if roots
-            .iter()
-            .any(|root| path.starts_with(root) && (may_equal || path != *root))
-        {
+        let inside = |root: &P| path.starts_with(root) && (may_equal || path != root.as_ref());
+        if roots.iter().any(inside) {
             return Ok(());
         }
-        let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        let shown: Vec<String> = roots
+            .iter()
+            .map(|r| r.as_ref().display().to_string())
+            .collect();
         Err(refuse(d, &format!("{arg} is outside {}", shown.join(", "))))
     }
 }

@@ -12,30 +12,32 @@ use crate::policy::Command;
 /// How much combined stdout+stderr is kept (the tail beyond this is dropped, the rest drained).
 const MAX_OUTPUT: usize = 64 * 1024;
 
+/// Why a command did not succeed, with its (bounded) output.
 #[derive(Debug)]
-pub enum Outcome {
-    /// Exited 0.
-    Success(String),
-    /// Exited non-zero or was killed by a signal.
-    Failed(String),
-    /// Did not finish in time and was killed.
-    TimedOut(String),
-    /// Could not be started.
-    NotStarted(String),
+pub struct Failure {
+    pub timed_out: bool,
+    pub output: String,
+}
+
+fn failure(output: String) -> Failure {
+    Failure {
+        timed_out: false,
+        output,
+    }
 }
 
 /// Runs `cmd` with `extra` arguments appended.
-pub fn run(cmd: &Command, extra: &[String]) -> Outcome {
+pub fn run(cmd: &Command, extra: &[String]) -> Result<String, Failure> {
     let (reader, writer) = match std::io::pipe() {
         Ok(p) => p,
-        Err(e) => return Outcome::NotStarted(format!("cannot create a pipe: {e}")),
+        Err(e) => return Err(failure(format!("cannot create a pipe: {e}"))),
     };
     let writer2 = match writer.try_clone() {
         Ok(w) => w,
-        Err(e) => return Outcome::NotStarted(format!("cannot create a pipe: {e}")),
+        Err(e) => return Err(failure(format!("cannot create a pipe: {e}"))),
     };
     let Some((program, args)) = cmd.argv.split_first() else {
-        return Outcome::NotStarted("empty argv".into());
+        return Err(failure("empty argv".into()));
     };
     let mut process = Process::new(program);
     process
@@ -52,7 +54,7 @@ pub fn run(cmd: &Command, extra: &[String]) -> Outcome {
     drop(process);
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return Outcome::NotStarted(format!("cannot run {program}: {e}")),
+        Err(e) => return Err(failure(format!("cannot run {program}: {e}"))),
     };
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -84,7 +86,7 @@ pub fn run(cmd: &Command, extra: &[String]) -> Outcome {
                 break None;
             }
             Ok(None) => thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Outcome::Failed(format!("cannot wait for {program}: {e}")),
+            Err(e) => return Err(failure(format!("cannot wait for {program}: {e}"))),
         }
     };
     // A grandchild that kept the pipe open must not hang us: give the reader a moment, then
@@ -93,12 +95,12 @@ pub fn run(cmd: &Command, extra: &[String]) -> Outcome {
         .recv_timeout(Duration::from_secs(2))
         .unwrap_or_else(|_| "(output still open after exit)".into());
     match status {
-        None => Outcome::TimedOut(format!(
-            "{program} timed out after {:?}\n{output}",
-            cmd.timeout
-        )),
-        Some(s) if s.success() => Outcome::Success(output),
-        Some(s) => Outcome::Failed(format!("{program} failed ({s})\n{output}")),
+        Some(s) if s.success() => Ok(output),
+        Some(s) => Err(failure(format!("{program} failed ({s})\n{output}"))),
+        None => Err(Failure {
+            timed_out: true,
+            output: format!("{program} timed out after {:?}\n{output}", cmd.timeout),
+        }),
     }
 }
 
@@ -118,14 +120,14 @@ mod tests {
     #[test]
     fn environment_is_cleared_and_output_bounded() {
         match run(&cmd(&["/usr/bin/env"], 10), &[]) {
-            Outcome::Success(out) => assert_eq!(out.trim(), "ONLY=this"),
+            Ok(out) => assert_eq!(out.trim(), "ONLY=this"),
             other => panic!("{other:?}"),
         }
         match run(
             &cmd(&["/usr/bin/head", "-c", "1000000", "/dev/zero"], 10),
             &[],
         ) {
-            Outcome::Success(out) => assert_eq!(out.len(), MAX_OUTPUT),
+            Ok(out) => assert_eq!(out.len(), MAX_OUTPUT),
             other => panic!("{other:?}"),
         }
     }
@@ -137,16 +139,22 @@ mod tests {
             &cmd(&["/usr/bin/ls", "--"], 10),
             &["/nonexistent; touch /tmp/x".into()],
         ) {
-            Outcome::Failed(out) => assert!(out.contains("/nonexistent; touch /tmp/x"), "{out}"),
+            Err(f) => assert!(f.output.contains("/nonexistent; touch /tmp/x") && !f.timed_out),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
             run(&cmd(&["/usr/bin/sleep", "30"], 1), &[]),
-            Outcome::TimedOut(_)
+            Err(Failure {
+                timed_out: true,
+                ..
+            })
         ));
         assert!(matches!(
             run(&cmd(&["/nonexistent/program"], 1), &[]),
-            Outcome::NotStarted(_)
+            Err(Failure {
+                timed_out: false,
+                ..
+            })
         ));
     }
 }

@@ -1,8 +1,8 @@
 //! The root-owned allow-list: who may talk to the helper, where site confs go, which commands
 //! run, and which sites and domains exist. Parsed from TOML, then validated into typed values.
+//! Errors are plain strings: they are printed once, at startup or by `check`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -12,19 +12,7 @@ use serde::Deserialize;
 
 pub const DEFAULT_POLICY_PATH: &str = "/etc/durhack-deployer/privhelper.toml";
 
-/// A policy problem, reported before the helper serves anything.
-#[derive(Debug)]
-pub struct PolicyError(pub String);
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn perr<T>(msg: impl Into<String>) -> Result<T, PolicyError> {
-    Err(PolicyError(msg.into()))
-}
+type Env = BTreeMap<String, String>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,12 +25,10 @@ struct RawPolicy {
     snippets_dir: PathBuf,
     allowed_roots: Vec<PathBuf>,
     log_dir: PathBuf,
-    #[serde(default = "default_command_timeout")]
-    command_timeout_secs: u64,
-    #[serde(default = "default_read_timeout")]
-    read_timeout_secs: u64,
+    command_timeout_secs: Option<u64>,
+    read_timeout_secs: Option<u64>,
     #[serde(default)]
-    command_env: BTreeMap<String, String>,
+    command_env: Env,
     certbot: RawCertbot,
     #[serde(default)]
     sites: BTreeMap<String, RawSite>,
@@ -53,15 +39,11 @@ struct RawPolicy {
 struct RawCertbot {
     argv: Vec<String>,
     #[serde(default)]
-    env: BTreeMap<String, String>,
-    #[serde(default = "default_live_dir")]
-    live_dir: PathBuf,
-    #[serde(default = "default_openssl")]
-    openssl: PathBuf,
-    #[serde(default = "default_renew_days")]
-    renew_before_days: u64,
-    #[serde(default = "default_certbot_timeout")]
-    timeout_secs: u64,
+    env: Env,
+    live_dir: Option<PathBuf>,
+    openssl: Option<PathBuf>,
+    renew_before_days: Option<u64>,
+    timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -70,30 +52,11 @@ struct RawSite {
     domains: Vec<String>,
 }
 
-fn default_command_timeout() -> u64 {
-    60
-}
-fn default_read_timeout() -> u64 {
-    5
-}
-fn default_live_dir() -> PathBuf {
-    PathBuf::from("/etc/letsencrypt/live")
-}
-fn default_openssl() -> PathBuf {
-    PathBuf::from("/usr/bin/openssl")
-}
-fn default_renew_days() -> u64 {
-    30
-}
-fn default_certbot_timeout() -> u64 {
-    300
-}
-
 /// A command with a fixed argv and its environment (the helper's own is never inherited).
 #[derive(Debug, Clone)]
 pub struct Command {
     pub argv: Vec<String>,
-    pub env: BTreeMap<String, String>,
+    pub env: Env,
     pub timeout: Duration,
 }
 
@@ -123,46 +86,37 @@ pub struct Policy {
 }
 
 /// An absolute path with no `.` or `..` component, so prefix checks on it mean what they say.
-fn clean_abs(what: &str, p: &Path) -> Result<PathBuf, PolicyError> {
-    if !p.is_absolute()
-        || p.components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
-        return perr(format!(
-            "{what} {} must be an absolute path without . or ..",
+fn clean_abs(what: &str, p: &Path) -> Result<PathBuf, String> {
+    let dotted = p
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir));
+    if !p.is_absolute() || dotted {
+        return Err(format!(
+            "{what} {} must be absolute, without . or ..",
             p.display()
         ));
     }
     Ok(p.components().collect())
 }
 
-fn command(
-    what: &str,
-    argv: Vec<String>,
-    env: BTreeMap<String, String>,
-    secs: u64,
-) -> Result<Command, PolicyError> {
-    match argv.first() {
-        Some(prog) if Path::new(prog).is_absolute() => {}
-        _ => {
-            return perr(format!(
-                "{what} must be a non-empty argv starting with an absolute program path"
-            ));
-        }
+fn command(what: &str, argv: Vec<String>, env: Env, secs: u64) -> Result<Command, String> {
+    if !argv
+        .first()
+        .is_some_and(|prog| Path::new(prog).is_absolute())
+    {
+        return Err(format!(
+            "{what} must be an argv starting with an absolute program path"
+        ));
     }
-    if argv
+    let nul = argv
         .iter()
         .chain(env.keys())
         .chain(env.values())
-        .any(|a| a.contains('\0'))
-        || env.keys().any(|k| k.contains('='))
-    {
-        return perr(format!(
-            "{what}: NUL in an argument, or '=' in an environment name"
+        .any(|a| a.contains('\0'));
+    if nul || env.keys().any(|k| k.contains('=')) || secs == 0 {
+        return Err(format!(
+            "{what}: NUL in an argument, '=' in an env name, or a 0 s timeout"
         ));
-    }
-    if secs == 0 {
-        return perr(format!("{what}: a timeout of 0 seconds"));
     }
     Ok(Command {
         argv,
@@ -172,42 +126,43 @@ fn command(
 }
 
 impl Policy {
-    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
-        let raw: RawPolicy =
-            toml::from_str(text).map_err(|e| PolicyError(format!("invalid policy: {e}")))?;
+    pub fn parse(text: &str) -> Result<Policy, String> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| format!("invalid policy: {e}"))?;
         let user = nix::unistd::User::from_name(&raw.client_user)
-            .map_err(|e| PolicyError(format!("cannot look up user {}: {e}", raw.client_user)))?;
-        let Some(user) = user else {
-            return perr(format!("client_user {} does not exist", raw.client_user));
-        };
+            .map_err(|e| format!("cannot look up user {}: {e}", raw.client_user))?
+            .ok_or_else(|| format!("client_user {} does not exist", raw.client_user))?;
         let mut sites = BTreeMap::new();
         let mut owner: BTreeMap<Domain, SiteName> = BTreeMap::new();
         for (name, site) in raw.sites {
-            let name = SiteName::try_from(name).map_err(|e| PolicyError(e.to_string()))?;
+            let name = SiteName::try_from(name).map_err(|e| e.to_string())?;
             if site.domains.is_empty() {
-                return perr(format!("site {name} has no domains"));
+                return Err(format!("site {name} has no domains"));
             }
             let mut domains = BTreeSet::new();
             for d in site.domains {
-                let d =
-                    Domain::try_from(d).map_err(|e| PolicyError(format!("site {name}: {e}")))?;
+                let d = Domain::try_from(d).map_err(|e| format!("site {name}: {e}"))?;
+                // One owner per domain, so "another site's server_name" is well defined.
                 if let Some(other) = owner.insert(d.clone(), name.clone()) {
-                    return perr(format!("domain {d} is listed for both {other} and {name}"));
+                    return Err(format!("domain {d} is listed for both {other} and {name}"));
                 }
                 domains.insert(d);
             }
             sites.insert(name, domains);
         }
-        let allowed_roots = raw
+        let allowed_roots: Vec<PathBuf> = raw
             .allowed_roots
             .iter()
             .map(|r| clean_abs("allowed root", r))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<_, _>>()?;
         if allowed_roots.iter().any(|r| r == Path::new("/")) {
-            return perr("allowed_roots must not contain /");
+            return Err("allowed_roots must not contain /".into());
         }
+        let timeout = raw.command_timeout_secs.unwrap_or(60);
         let mut certbot_env = raw.command_env.clone();
-        certbot_env.extend(raw.certbot.env);
+        let c = raw.certbot;
+        certbot_env.extend(c.env);
+        let live_dir = c.live_dir.unwrap_or_else(|| "/etc/letsencrypt/live".into());
+        let openssl = c.openssl.unwrap_or_else(|| "/usr/bin/openssl".into());
         Ok(Policy {
             client_user: raw.client_user,
             client_uid: user.uid.as_raw(),
@@ -218,43 +173,43 @@ impl Policy {
                 "test_command",
                 raw.test_command,
                 raw.command_env.clone(),
-                raw.command_timeout_secs,
+                timeout,
             )?,
             reload: command(
                 "reload_command",
                 raw.reload_command,
                 raw.command_env,
-                raw.command_timeout_secs,
+                timeout,
             )?,
             snippets_dir: clean_abs("snippets_dir", &raw.snippets_dir)?,
             allowed_roots,
             log_dir: clean_abs("log_dir", &raw.log_dir)?,
-            read_timeout: Duration::from_secs(raw.read_timeout_secs.max(1)),
+            read_timeout: Duration::from_secs(raw.read_timeout_secs.unwrap_or(5).max(1)),
             certbot: Certbot {
                 command: command(
                     "certbot.argv",
-                    raw.certbot.argv,
+                    c.argv,
                     certbot_env,
-                    raw.certbot.timeout_secs,
+                    c.timeout_secs.unwrap_or(300),
                 )?,
-                live_dir: clean_abs("certbot.live_dir", &raw.certbot.live_dir)?,
-                openssl: clean_abs("certbot.openssl", &raw.certbot.openssl)?,
+                live_dir: clean_abs("certbot.live_dir", &live_dir)?,
+                openssl: clean_abs("certbot.openssl", &openssl)?,
                 renew_before: Duration::from_secs(
-                    raw.certbot.renew_before_days.saturating_mul(86_400),
+                    c.renew_before_days.unwrap_or(30).saturating_mul(86_400),
                 ),
             },
             sites,
         })
     }
 
-    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    pub fn load(path: &Path) -> Result<Policy, String> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| PolicyError(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Policy::parse(&text)
     }
 
     /// The checks that make the policy trustworthy: it and the conf dir must be root's alone.
-    pub fn check_ownership(&self, policy_path: &Path) -> Result<(), PolicyError> {
+    pub fn check_ownership(&self, policy_path: &Path) -> Result<(), String> {
         root_only(policy_path)?;
         root_only(&self.conf_dir)
     }
@@ -266,31 +221,28 @@ impl Policy {
 
     /// What `check` prints: everything this policy allows.
     pub fn describe(&self) -> String {
-        let mut out = String::new();
         let argv = |c: &Command| c.argv.join(" ");
-        out += &format!(
-            "client user: {} (uid {}, gid {})\n",
-            self.client_user, self.client_uid, self.client_gid
-        );
-        out += &format!("socket: {}\n", self.socket.display());
-        out += &format!("site confs: {}/<site>.conf\n", self.conf_dir.display());
-        out += &format!(
-            "test: {}\nreload: {}\n",
+        let roots: Vec<String> = self
+            .allowed_roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect();
+        let mut out = format!(
+            "client user: {} (uid {}, gid {})\nsocket: {}\nsite confs: {}/<site>.conf\ntest: {}\n\
+             reload: {}\nincludes from: {}\nallowed roots: {}\nlogs under: {}\n\
+             certbot: {} --cert-name <site> -d <domain>...\ncertificates: {}/<site>/\n",
+            self.client_user,
+            self.client_uid,
+            self.client_gid,
+            self.socket.display(),
+            self.conf_dir.display(),
             argv(&self.test),
-            argv(&self.reload)
-        );
-        out += &format!("includes from: {}\n", self.snippets_dir.display());
-        for r in &self.allowed_roots {
-            out += &format!("allowed root: {}\n", r.display());
-        }
-        out += &format!("logs under: {}\n", self.log_dir.display());
-        out += &format!(
-            "certbot: {} --cert-name <site> -d <domain>...\n",
-            argv(&self.certbot.command)
-        );
-        out += &format!(
-            "certificates: {}/<site>/\n",
-            self.certbot.live_dir.display()
+            argv(&self.reload),
+            self.snippets_dir.display(),
+            roots.join(" "),
+            self.log_dir.display(),
+            argv(&self.certbot.command),
+            self.certbot.live_dir.display(),
         );
         for (site, domains) in &self.sites {
             let ds: Vec<&str> = domains.iter().map(|d| d.as_str()).collect();
@@ -300,24 +252,13 @@ impl Policy {
     }
 }
 
-fn root_only(path: &Path) -> Result<(), PolicyError> {
+fn root_only(path: &Path) -> Result<(), String> {
     let meta = std::fs::symlink_metadata(path)
-        .map_err(|e| PolicyError(format!("cannot stat {}: {e}", path.display())))?;
-    if meta.file_type().is_symlink() {
-        return perr(format!("{} is a symlink", path.display()));
-    }
-    if meta.uid() != 0 {
-        return perr(format!(
-            "{} is owned by uid {}, not root",
-            path.display(),
-            meta.uid()
-        ));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return perr(format!(
-            "{} is writable by group or others (mode {:o})",
-            path.display(),
-            meta.mode() & 0o7777
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let (p, uid, mode) = (path.display(), meta.uid(), meta.mode() & 0o7777);
+    if meta.file_type().is_symlink() || uid != 0 || mode & 0o022 != 0 {
+        return Err(format!(
+            "{p} must be owned by root, not a symlink, and not writable by group or others (uid {uid}, mode {mode:o})"
         ));
     }
     Ok(())

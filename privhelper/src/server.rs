@@ -35,17 +35,8 @@ pub const KEPT_CAPABILITIES: [Capability; 3] = [
     Capability::CAP_FOWNER,
 ];
 
-#[derive(Debug)]
-pub struct ServeError(pub String);
-
-impl std::fmt::Display for ServeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn serr<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ServeError + '_ {
-    move |e| ServeError(format!("{what}: {e}"))
+fn serr<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
 }
 
 /// The listening socket: systemd's if we were socket-activated, otherwise our own at the
@@ -54,7 +45,7 @@ fn serr<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ServeError + '_ {
 /// With `unsafe_code` forbidden we cannot adopt fd 3 by number, so socket activation needs
 /// `StandardInput=socket` in the service unit: systemd then hands us the listening socket as
 /// stdin, which std lets us borrow safely.
-pub fn listen(policy: &Policy) -> Result<UnixListener, ServeError> {
+pub fn listen(policy: &Policy) -> Result<UnixListener, String> {
     let activated = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -64,22 +55,23 @@ pub fn listen(policy: &Policy) -> Result<UnixListener, ServeError> {
             .as_fd()
             .try_clone_to_owned()
             .map_err(serr("cannot take the activated socket"))?;
-        let stat = nix::sys::stat::fstat(&fd).map_err(serr("cannot stat stdin"))?;
-        if stat.st_mode & libc_s_ifmt() != libc_s_ifsock() {
-            return Err(ServeError("LISTEN_PID is ours but stdin is not a socket: set StandardInput=socket in the unit".into()));
-        }
-        tracing::info!("using the systemd-activated socket passed as stdin");
-        return Ok(UnixListener::from(fd));
+        let listener = UnixListener::from(fd);
+        // std refuses a descriptor that is not a Unix socket here.
+        let addr = listener.local_addr().map_err(serr(
+            "LISTEN_PID is ours but stdin is not a Unix socket (StandardInput=socket?)",
+        ))?;
+        tracing::info!(?addr, "using the systemd-activated socket passed as stdin");
+        return Ok(listener);
     }
     match fs::symlink_metadata(&policy.socket) {
         Ok(m) if m.file_type().is_socket() => {
             fs::remove_file(&policy.socket).map_err(serr("cannot remove the stale socket"))?
         }
         Ok(_) => {
-            return Err(ServeError(format!(
+            return Err(format!(
                 "{} exists and is not a socket",
                 policy.socket.display()
-            )));
+            ));
         }
         Err(_) => {}
     }
@@ -97,16 +89,9 @@ pub fn listen(policy: &Policy) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-fn libc_s_ifmt() -> u32 {
-    0o170000
-}
-fn libc_s_ifsock() -> u32 {
-    0o140000
-}
-
 /// Drops every capability but [`KEPT_CAPABILITIES`], clears the inheritable and ambient sets,
 /// and makes the process non-dumpable (no core dumps, no ptrace by the same uid).
-pub fn drop_privileges() -> Result<(), ServeError> {
+pub fn drop_privileges() -> Result<(), String> {
     let keep: CapsHashSet = KEPT_CAPABILITIES.into_iter().collect();
     for cap in caps::all() {
         if !keep.contains(&cap) {
@@ -125,7 +110,7 @@ pub fn drop_privileges() -> Result<(), ServeError> {
 }
 
 /// Serves connections one at a time, forever.
-pub fn serve(policy: &Policy, listener: &UnixListener) -> Result<(), ServeError> {
+pub fn serve(policy: &Policy, listener: &UnixListener) -> Result<(), String> {
     loop {
         match listener.accept() {
             Ok((stream, _)) => serve_one(policy, stream),
