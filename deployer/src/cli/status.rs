@@ -1,14 +1,170 @@
-//! Filled by the work that owns this subcommand.
+//! `durhack-deployer status [--json]`: each deployment's deployed commit, last run and queue.
 
 use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::ledger::Ledger;
+use crate::queue::Queue;
+use crate::worker::Run;
+use crate::worker::dispatch_shim::deploy_queue_dir;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     config: super::ConfigArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    name: String,
+    repository: String,
+    branch: String,
+    enabled: bool,
+    /// `null` before the first successful deploy.
+    deployed_sha: Option<String>,
+    last_run: Option<LastRun>,
+    queued: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct LastRun {
+    id: String,
+    status: String,
+    sha: String,
+    started_at: String,
+    finished_at: Option<String>,
+    error: Option<String>,
+    log_path: Option<String>,
+}
+
+/// RFC 3339, UTC, to the millisecond.
+pub(super) fn timestamp(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+impl From<Run> for LastRun {
+    fn from(r: Run) -> Self {
+        Self {
+            id: r.id,
+            status: r.status.to_string(),
+            sha: r.sha,
+            started_at: timestamp(r.started_at),
+            finished_at: r.finished_at.map(timestamp),
+            error: r.error,
+            log_path: r.log_path,
+        }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("not implemented yet")
+    let config = Config::load(&args.config.config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let statuses = runtime.block_on(collect(&config))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+    } else {
+        print_table(&statuses);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn collect(config: &Config) -> anyhow::Result<Vec<Status>> {
+    let ledger = Ledger::connect(&config.effective_database_url()).await?;
+    let mut out = Vec::new();
+    for d in config.deployments.values() {
+        let dir = deploy_queue_dir(config, &d.name);
+        // Not Queue::open for a missing queue: a status query creates nothing.
+        let queued = if dir.is_dir() {
+            Queue::open(dir)?.list()?.len()
+        } else {
+            0
+        };
+        out.push(Status {
+            name: d.name.clone(),
+            repository: d.repository.clone(),
+            branch: d.branch.clone(),
+            enabled: d.enabled,
+            deployed_sha: ledger.deployed_sha(&d.name).await?,
+            last_run: ledger
+                .recent_runs(&d.name, 1)
+                .await?
+                .into_iter()
+                .next()
+                .map(LastRun::from),
+            queued,
+        });
+    }
+    Ok(out)
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+fn print_table(statuses: &[Status]) {
+    let rows: Vec<[String; 6]> = statuses
+        .iter()
+        .map(|s| {
+            let last = s.last_run.as_ref().map_or_else(
+                || "-".to_owned(),
+                |r| format!("{} {} {} ({})", r.status, short(&r.sha), r.started_at, r.id),
+            );
+            [
+                if s.enabled {
+                    s.name.clone()
+                } else {
+                    format!("{} (disabled)", s.name)
+                },
+                s.repository.clone(),
+                s.branch.clone(),
+                s.deployed_sha.as_deref().map_or("-", short).to_owned(),
+                last,
+                s.queued.to_string(),
+            ]
+        })
+        .collect();
+    let header = [
+        "NAME",
+        "REPOSITORY",
+        "BRANCH",
+        "DEPLOYED",
+        "LAST RUN",
+        "QUEUED",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
 }

@@ -1,1 +1,5 @@
-//! Filled by the work that owns this module.
+//! GitHub feedback: commit statuses for each run.
+
+mod status;
+
+pub use status::{CommitState, StatusClient, StatusError};

@@ -1,15 +1,281 @@
-//! Runs: one row per deploy attempt. (Interface fixed here; the worker work fills it in.)
+//! Runs: one row per deploy attempt, and one per push that was superseded or stale instead.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::{Ledger, LedgerError};
+use crate::worker::{Run, RunStatus};
+
+/// The columns of `runs`, as a literal so queries stay `&'static str` (sqlx refuses built SQL).
+macro_rules! columns {
+    () => {
+        "id, deployment, delivery, sha, source, status, started_at, finished_at, log_path, error"
+    };
+}
+
+fn from_row(row: &AnyRow) -> Result<Run, LedgerError> {
+    let status: String = row.try_get("status")?;
+    Ok(Run {
+        id: row.try_get("id")?,
+        deployment: row.try_get("deployment")?,
+        delivery: row.try_get("delivery")?,
+        sha: row.try_get("sha")?,
+        source: row.try_get("source")?,
+        status: status
+            .parse()
+            .map_err(|e: String| LedgerError::Database(sqlx::Error::Decode(e.into())))?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        log_path: row.try_get("log_path")?,
+        error: row.try_get("error")?,
+    })
+}
 
 impl Ledger {
+    /// Inserts `run` as it is (a `running` row, or a final one such as `superseded`).
+    pub async fn insert_run(&self, run: &Run) -> Result<(), LedgerError> {
+        sqlx::query(concat!(
+            "INSERT INTO runs (",
+            columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(&run.id)
+        .bind(&run.deployment)
+        .bind(&run.delivery)
+        .bind(&run.sha)
+        .bind(&run.source)
+        .bind(run.status.as_str())
+        .bind(run.started_at)
+        .bind(run.finished_at)
+        .bind(&run.log_path)
+        .bind(&run.error)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Gives a run its final status.
+    pub async fn finish_run(
+        &self,
+        id: &str,
+        status: RunStatus,
+        finished_at: i64,
+        error: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4")
+            .bind(status.as_str())
+            .bind(finished_at)
+            .bind(error)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Closes `running` rows of `deployment` as cancelled. Only the holder of the deployment's
+    /// lock calls this, so any such row was left by a process that died mid-run.
+    pub async fn close_interrupted_runs(
+        &self,
+        deployment: &str,
+        now: i64,
+    ) -> Result<u64, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'cancelled', finished_at = $1, \
+             error = 'interrupted: the deployer stopped during this run' \
+             WHERE deployment = $2 AND status = 'running'",
+        )
+        .bind(now)
+        .bind(deployment)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn run(&self, id: &str) -> Result<Option<Run>, LedgerError> {
+        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM runs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// The commit of the deployment's latest successful run, if any.
+    pub async fn deployed_sha(&self, deployment: &str) -> Result<Option<String>, LedgerError> {
+        let row = sqlx::query(
+            "SELECT sha FROM runs WHERE deployment = $1 AND status = 'success' \
+             ORDER BY finished_at DESC, started_at DESC LIMIT 1",
+        )
+        .bind(deployment)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| r.try_get("sha")).transpose()?)
+    }
+
+    /// The deployment's most recent runs that did something (not superseded or stale), newest
+    /// first.
+    pub async fn recent_runs(&self, deployment: &str, limit: i64) -> Result<Vec<Run>, LedgerError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM runs WHERE deployment = $1 AND status NOT IN ('superseded', 'stale') \
+             ORDER BY started_at DESC, id DESC LIMIT $2"
+        ))
+        .bind(deployment)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Every row of `deployment`, superseded and stale ones included, oldest first.
+    pub async fn runs_of(&self, deployment: &str) -> Result<Vec<Run>, LedgerError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM runs WHERE deployment = $1 ORDER BY started_at, id"
+        ))
+        .bind(deployment)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Has `deployment` already deployed `delivery` successfully? (A re-pushed queue entry after
+    /// a crash of the dispatcher must not deploy twice.)
+    pub async fn delivery_succeeded(
+        &self,
+        deployment: &str,
+        delivery: &str,
+    ) -> Result<bool, LedgerError> {
+        let row = sqlx::query(
+            "SELECT id FROM runs WHERE deployment = $1 AND delivery = $2 AND status = 'success' \
+             LIMIT 1",
+        )
+        .bind(deployment)
+        .bind(delivery)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// Deployments whose latest run for `delivery` ended `failed` or `cancelled` (and that have no
     /// successful run for it): a redelivery of this delivery should queue these again.
     pub async fn failed_deployments_of_delivery(
         &self,
         delivery: &str,
     ) -> Result<Vec<String>, LedgerError> {
-        let _ = delivery;
-        Ok(Vec::new())
+        let rows = sqlx::query(
+            "SELECT deployment, status FROM runs WHERE delivery = $1 \
+             AND status IN ('success', 'failed', 'cancelled') \
+             ORDER BY deployment, started_at DESC, id DESC",
+        )
+        .bind(delivery)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out: Vec<String> = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
+        let mut succeeded: Vec<String> = Vec::new();
+        for row in &rows {
+            let deployment: String = row.try_get("deployment")?;
+            let status: String = row.try_get("status")?;
+            if status == "success" {
+                succeeded.push(deployment.clone());
+            }
+            if !seen.contains(&deployment) {
+                seen.push(deployment.clone());
+                if status != "success" {
+                    out.push(deployment);
+                }
+            }
+        }
+        out.retain(|d| !succeeded.contains(d));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str, deployment: &str, delivery: &str, status: RunStatus, at: i64) -> Run {
+        Run {
+            id: id.into(),
+            deployment: deployment.into(),
+            delivery: delivery.into(),
+            sha: format!("{id:0>40}"),
+            source: "webhook".into(),
+            status,
+            started_at: at,
+            finished_at: Some(at + 1),
+            log_path: None,
+            error: None,
+        }
+    }
+
+    async fn ledger() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("l.sqlite3").display()
+        );
+        (dir, Ledger::open(&url).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn runs_round_trip_and_queries() {
+        let (_dir, l) = ledger().await;
+        l.insert_run(&run("a1", "app", "d1", RunStatus::Failed, 10))
+            .await
+            .unwrap();
+        l.insert_run(&run("a2", "app", "d1", RunStatus::Success, 20))
+            .await
+            .unwrap();
+        l.insert_run(&run("b1", "web", "d1", RunStatus::Success, 10))
+            .await
+            .unwrap();
+        l.insert_run(&run("b2", "web", "d1", RunStatus::Cancelled, 30))
+            .await
+            .unwrap();
+        l.insert_run(&run("c1", "api", "d1", RunStatus::Failed, 10))
+            .await
+            .unwrap();
+        l.insert_run(&run("d1", "api", "d2", RunStatus::Superseded, 10))
+            .await
+            .unwrap();
+        assert_eq!(
+            l.failed_deployments_of_delivery("d1").await.unwrap(),
+            vec!["api".to_owned()]
+        );
+        assert!(
+            l.failed_deployments_of_delivery("d2")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            l.deployed_sha("app").await.unwrap().as_deref(),
+            Some(format!("{:0>40}", "a2").as_str())
+        );
+        assert_eq!(l.deployed_sha("api").await.unwrap(), None);
+        assert!(l.delivery_succeeded("app", "d1").await.unwrap());
+        assert!(!l.delivery_succeeded("api", "d1").await.unwrap());
+        let recent = l.recent_runs("api", 5).await.unwrap();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0].id, "c1");
+
+        let mut r = run("e1", "app", "d3", RunStatus::Running, 40);
+        r.finished_at = None;
+        l.insert_run(&r).await.unwrap();
+        assert_eq!(l.close_interrupted_runs("app", 50).await.unwrap(), 1);
+        let e1 = l.run("e1").await.unwrap().unwrap();
+        assert_eq!(e1.status, RunStatus::Cancelled);
+        assert_eq!(e1.finished_at, Some(50));
+        l.finish_run("e1", RunStatus::Failed, 60, Some("boom"))
+            .await
+            .unwrap();
+        assert_eq!(
+            l.run("e1").await.unwrap().unwrap().error.as_deref(),
+            Some("boom")
+        );
     }
 }

@@ -1,11 +1,55 @@
-//! One worker per enabled deployment. (Interface fixed here; the worker work fills it in.)
+//! One worker per enabled deployment, consuming `state_dir/queues/deploy-<name>/`.
+//!
+//! A worker takes every entry waiting in its queue, holds the deployment's lock, and turns them
+//! into one run (see [`run`] and [`coalesce`]). Different deployments run concurrently; one
+//! deployment runs one deploy at a time, also across processes, through [`crate::lock`].
+//!
+//! Durability: an entry leaves the queue only after its final state is in the ledger. A crash
+//! mid-run leaves it queued, and the next holder of the lock closes the interrupted run as
+//! cancelled and redoes it. On shutdown a worker takes no new work and gives a running deploy
+//! [`GRACE`]; after that its process group is killed and its entries stay queued.
+//!
+//! Self-update: a deployment of the deployer itself installs the new binary in its commands and
+//! then touches `$DEPLOY_RESTART_FILE`. After that run is recorded as successful, the worker
+//! sends the daemon SIGTERM (an ordinary graceful shutdown), and [`WorkerSet::wait`] ends the
+//! process with [`RESTART_EXIT_STATUS`], which systemd's `Restart=on-failure` answers by starting
+//! the new binary. No privilege is involved.
 
+mod coalesce;
+mod git;
+mod log;
+mod process;
+mod record;
+mod retry;
+mod run;
+mod sites;
+
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use self::dispatch_shim::{DeployRequest, deploy_queue_dir};
+pub use self::git::{is_commit_id, ls_remote_head};
+pub use self::record::{Run, RunStatus};
+pub use self::run::new_run_id;
+use self::run::{Disposition, Pending};
+use crate::config::{Config, Deployment};
+use crate::github::StatusClient;
 use crate::ledger::Ledger;
+use crate::lock::{Locks, deploy_lock};
+use crate::queue::{Consumer, Entry, Queue};
+
+/// How long a running deploy may go on after shutdown begins. Below systemd's TimeoutStopSec
+/// (2 min in deploy/durhack-deployer.service), so the kill is ours, done per process group.
+pub const GRACE: Duration = Duration::from_secs(30);
+
+/// The exit status that asks systemd to restart the daemon after a self-update (EX_TEMPFAIL).
+pub const RESTART_EXIT_STATUS: i32 = 75;
+
+static RESTART_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -20,10 +64,38 @@ pub struct WorkerSet {
 }
 
 impl WorkerSet {
+    /// Waits for every worker to stop. If a self-update asked for a restart, the process exits
+    /// here with [`RESTART_EXIT_STATUS`] once all runs are recorded.
     pub async fn wait(self) {
         for h in self.handles {
             let _ = h.await;
         }
+        if restart_requested() {
+            tracing::info!(
+                "exiting with status {RESTART_EXIT_STATUS} so systemd restarts the updated deployer"
+            );
+            std::process::exit(RESTART_EXIT_STATUS);
+        }
+    }
+}
+
+/// Has a successful self-update asked for a restart?
+pub fn restart_requested() -> bool {
+    RESTART_REQUESTED.load(Ordering::SeqCst)
+}
+
+/// The file a self-updating deployment touches to ask for a restart.
+pub fn restart_file(config: &Config) -> PathBuf {
+    config.state_dir.join("restart-requested")
+}
+
+fn check_restart_request(config: &Config, log: &self::log::RunLog) {
+    let file = restart_file(config);
+    if std::fs::remove_file(&file).is_ok() {
+        log.line("restart requested: the deployer restarts once running deploys finish");
+        tracing::info!("self-update: restart requested");
+        RESTART_REQUESTED.store(true, Ordering::SeqCst);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM);
     }
 }
 
@@ -33,6 +105,215 @@ pub async fn start(
     ledger: Ledger,
     shutdown: CancellationToken,
 ) -> Result<WorkerSet, WorkerError> {
-    let _ = (config, ledger, shutdown);
-    Ok(WorkerSet::default())
+    let locks = Locks::from_config(&config).map_err(|e| WorkerError::Startup(e.to_string()))?;
+    let github = StatusClient::from_config(&config);
+    let helper = sites::Helper::new(&config.helper_socket);
+    let mut handles = Vec::new();
+    for deployment in config.enabled_deployments() {
+        let dir = deploy_queue_dir(&config, &deployment.name);
+        let queue = Queue::open(&dir)
+            .map_err(|e| WorkerError::Startup(format!("queue {}: {e}", dir.display())))?;
+        let consumer = queue
+            .consumer()
+            .map_err(|e| WorkerError::Startup(format!("queue {}: {e}", dir.display())))?;
+        let worker = Worker {
+            config: Arc::clone(&config),
+            deployment: deployment.clone(),
+            ledger: ledger.clone(),
+            locks: locks.clone(),
+            github: github.clone(),
+            helper: helper.clone(),
+        };
+        handles.push(tokio::spawn(worker.run(consumer, shutdown.clone())));
+    }
+    Ok(WorkerSet { handles })
+}
+
+/// Waits after an error that is not the run's own (queue or ledger unavailable).
+const PAUSE_AFTER_ERROR: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+struct Worker {
+    config: Arc<Config>,
+    deployment: Deployment,
+    ledger: Ledger,
+    locks: Locks,
+    github: Option<StatusClient>,
+    helper: sites::Helper,
+}
+
+impl Worker {
+    async fn run(self, mut consumer: Consumer, shutdown: CancellationToken) {
+        let name = self.deployment.name.clone();
+        tracing::info!(deployment = %name, "worker started");
+        while !shutdown.is_cancelled() {
+            let batch = match consumer.next_batch(&shutdown).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::error!(deployment = %name, error = %e, "cannot read the deploy queue");
+                    pause(&shutdown).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            if !self.handle_batch(&mut consumer, batch, &shutdown).await {
+                pause(&shutdown).await;
+            }
+        }
+        tracing::info!(deployment = %name, "worker stopped");
+    }
+
+    /// Turns a batch into (at most) one run. `false` when something outside the run failed and
+    /// the entries were put back, so the caller should pause before trying again.
+    async fn handle_batch(
+        &self,
+        consumer: &mut Consumer,
+        batch: Vec<Entry>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let name = &self.deployment.name;
+        let Some(lock) = self.locks.acquire(&deploy_lock(name), shutdown).await else {
+            release_all(consumer, batch.iter().map(|e| e.name.as_str()));
+            return true;
+        };
+        // Another process sharing this state may have run (and removed) some of these entries
+        // while we waited for the lock.
+        let still_queued = match consumer.queue().list() {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::error!(deployment = %name, error = %e, "cannot list the deploy queue");
+                lock.release().await;
+                release_all(consumer, batch.iter().map(|e| e.name.as_str()));
+                return false;
+            }
+        };
+        let mut pending = Vec::new();
+        let mut gone = Vec::new();
+        for entry in batch {
+            if !still_queued.contains(&entry.name) {
+                gone.push(entry.name);
+                continue;
+            }
+            match serde_json::from_slice::<DeployRequest>(&entry.contents) {
+                Ok(req) => pending.push(Pending {
+                    entry: entry.name,
+                    req,
+                }),
+                Err(e) => {
+                    tracing::error!(deployment = %name, entry = %entry.name, error = %e, "unreadable deploy request; dropping it");
+                    complete(consumer, &entry.name);
+                }
+            }
+        }
+        for entry in gone {
+            // Its file is gone already; this only forgets it.
+            complete(consumer, &entry);
+        }
+        let mut fresh = Vec::new();
+        for p in pending {
+            match self.ledger.delivery_succeeded(name, &p.req.delivery).await {
+                Ok(true) => {
+                    tracing::info!(deployment = %name, delivery = %p.req.delivery, "already deployed this delivery; dropping the repeat");
+                    complete(consumer, &p.entry);
+                }
+                Ok(false) => fresh.push(p),
+                Err(e) => {
+                    tracing::error!(deployment = %name, error = %e, "ledger unavailable");
+                    lock.release().await;
+                    release_all(
+                        consumer,
+                        std::iter::once(p.entry.as_str())
+                            .chain(fresh.iter().map(|p| p.entry.as_str())),
+                    );
+                    return false;
+                }
+            }
+        }
+        if fresh.is_empty() {
+            lock.release().await;
+            return true;
+        }
+        if let Err(e) = self
+            .ledger
+            .close_interrupted_runs(name, run::now_ms())
+            .await
+        {
+            tracing::warn!(deployment = %name, error = %e, "cannot close interrupted runs");
+        }
+
+        let cancel = CancellationToken::new();
+        let watcher = tokio::spawn(watch(shutdown.clone(), lock.lost(), cancel.clone()));
+        let outcome = self.execute(fresh, &cancel).await;
+        watcher.abort();
+        // Entries leave the queue before the lock is free, so the next holder never sees one
+        // that is already recorded.
+        let mut kept_by_error = false;
+        for (entry, disposition) in outcome {
+            match disposition {
+                Disposition::Complete => complete(consumer, &entry),
+                Disposition::Keep => {
+                    kept_by_error |= !cancel.is_cancelled();
+                    consumer.release(&entry);
+                }
+            }
+        }
+        lock.release().await;
+        !kept_by_error
+    }
+}
+
+/// Cancels the run after the grace period once shutdown begins, or at once if the lock is lost.
+async fn watch(shutdown: CancellationToken, lost: CancellationToken, cancel: CancellationToken) {
+    tokio::select! {
+        () = async {
+            shutdown.cancelled().await;
+            tracing::info!(grace = ?GRACE, "shutting down: the running deploy has a grace period");
+            tokio::time::sleep(GRACE).await;
+            tracing::warn!("grace period over: stopping the running deploy");
+        } => {}
+        () = lost.cancelled() => tracing::error!("lost the deployment's lock: stopping the run"),
+    }
+    cancel.cancel();
+}
+
+fn complete(consumer: &mut Consumer, entry: &str) {
+    if let Err(e) = consumer.complete(entry) {
+        tracing::error!(entry, error = %e, "cannot remove a finished entry from the queue");
+    }
+}
+
+fn release_all<'a>(consumer: &mut Consumer, entries: impl Iterator<Item = &'a str>) {
+    for entry in entries {
+        consumer.release(entry);
+    }
+}
+
+async fn pause(shutdown: &CancellationToken) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(PAUSE_AFTER_ERROR) => {}
+    }
+}
+
+// TEMPORARY until crate::dispatch lands.
+pub mod dispatch_shim {
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    pub struct DeployRequest {
+        pub deployment: String,
+        pub delivery: String,
+        pub repository: String,
+        pub branch: String,
+        pub sha: String,
+        pub before: Option<String>,
+        pub received_at_ms: i64,
+        pub source: String,
+    }
+    pub fn deploy_queue_dir(
+        config: &crate::config::Config,
+        deployment: &str,
+    ) -> std::path::PathBuf {
+        config.queues_dir().join(format!("deploy-{deployment}"))
+    }
 }

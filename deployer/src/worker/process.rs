@@ -1,0 +1,149 @@
+//! Runs one command in its own process group, logging its output line by line as it is printed,
+//! and kills the whole group on timeout, on cancellation, and after the command exits (so nothing
+//! it started in the background outlives the run or holds its log pipe open).
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio_util::sync::CancellationToken;
+
+use super::log::RunLog;
+
+/// Longest line kept whole; longer ones are split, so a runaway line cannot exhaust memory.
+const MAX_LINE: usize = 64 * 1024;
+/// How long to wait for output still buffered in the pipe once the group is dead; only a process
+/// that escaped the group (setsid) can keep the pipe open longer.
+const DRAIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start `{program}`: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` exited with status {code}")]
+    Exit { command: String, code: i32 },
+    #[error("`{command}` was killed by signal {signal}")]
+    Signal { command: String, signal: String },
+    #[error("`{command}` timed out after {after:?}")]
+    Timeout { command: String, after: Duration },
+    #[error("`{command}` was stopped: {why}")]
+    Cancelled { command: String, why: String },
+}
+
+/// What to run.
+#[derive(Debug)]
+pub struct Spawn<'a> {
+    pub argv: &'a [String],
+    pub cwd: &'a Path,
+    pub env: &'a [(String, String)],
+    pub timeout: Duration,
+}
+
+/// Shown in logs and errors: argv joined, quoted where needed for reading (not for a shell).
+pub fn display_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty() && a.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+                a.clone()
+            } else {
+                format!("{a:?}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `spawn`; `cancel` stops it early (shutdown after the grace period, or a lost lock), with
+/// `why` carried into the error.
+pub async fn run(
+    spawn: Spawn<'_>,
+    log: &Arc<RunLog>,
+    cancel: &CancellationToken,
+    why: &str,
+) -> Result<(), ProcessError> {
+    let command = display_argv(spawn.argv);
+    log.line(&format!("$ {command}"));
+    let spawn_err = |source| ProcessError::Spawn {
+        program: spawn.argv[0].clone(),
+        source,
+    };
+    let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
+    let mut cmd = tokio::process::Command::new(&spawn.argv[0]);
+    cmd.args(&spawn.argv[1..])
+        .current_dir(spawn.cwd)
+        .envs(spawn.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(writer.try_clone().map_err(spawn_err)?)
+        .stderr(writer)
+        .process_group(0);
+    let child = cmd.spawn();
+    // The Command holds our copies of the pipe's write end; they must close for EOF to come.
+    drop(cmd);
+    let mut child = child.map_err(spawn_err)?;
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw);
+
+    let log_for_reader = Arc::clone(log);
+    let reader = tokio::task::spawn_blocking(move || copy_lines(reader, &log_for_reader));
+
+    let outcome = tokio::select! {
+        status = child.wait() => Ok(status),
+        () = tokio::time::sleep(spawn.timeout) => Err(ProcessError::Timeout { command: command.clone(), after: spawn.timeout }),
+        () = cancel.cancelled() => Err(ProcessError::Cancelled { command: command.clone(), why: why.to_owned() }),
+    };
+    if let Some(pgid) = pgid {
+        // ESRCH (nothing left in the group) is the usual case after a clean exit.
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let status = match outcome {
+        Ok(status) => status,
+        Err(e) => {
+            let _ = child.wait().await;
+            let _ = tokio::time::timeout(DRAIN, reader).await;
+            log.line(&format!("! {e}"));
+            return Err(e);
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN, reader).await;
+    let status = status.map_err(spawn_err)?;
+    let result = if status.success() {
+        Ok(())
+    } else if let Some(code) = status.code() {
+        Err(ProcessError::Exit { command, code })
+    } else {
+        let signal = status
+            .signal()
+            .and_then(|s| Signal::try_from(s).ok())
+            .map_or_else(|| "?".to_owned(), |s| s.as_str().to_owned());
+        Err(ProcessError::Signal { command, signal })
+    };
+    if let Err(e) = &result {
+        log.line(&format!("! {e}"));
+    }
+    result
+}
+
+fn copy_lines(reader: std::io::PipeReader, log: &RunLog) {
+    let mut reader = BufReader::with_capacity(MAX_LINE, reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let mut limited = (&mut reader).take(MAX_LINE as u64);
+        match limited.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                log.line(text.strip_suffix('\n').unwrap_or(&text));
+            }
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! One run: fetch, coalesce the waiting pushes, then check out, build, publish sites and record.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::coalesce::{self, Candidate};
+use super::dispatch_shim::DeployRequest;
+use super::git::{GitError, Repo};
+use super::log::RunLog;
+use super::process::{self, ProcessError, Spawn};
+use super::retry::Backoff;
+use super::sites::{self, SiteError};
+use super::{Run, RunStatus, Worker};
+use crate::github::CommitState;
+use crate::lock::NGINX_LOCK;
+
+/// A queue entry waiting to be deployed.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub entry: String,
+    pub req: DeployRequest,
+}
+
+/// What to do with a queue entry once its run is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Disposition {
+    /// Recorded in a final state: remove it from the queue.
+    Complete,
+    /// Stopped before a final state (shutdown, lost lock): leave it queued to be redone.
+    Keep,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("{0}")]
+    Git(#[from] GitError),
+    #[error("{0}")]
+    Process(#[from] ProcessError),
+    #[error("{0}")]
+    Sites(#[from] SiteError),
+    #[error("stopped before the nginx lock was free")]
+    Cancelled,
+    #[error("the deployment's timeout of {0:?} ran out")]
+    OutOfTime(Duration),
+}
+
+pub(super) fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `20261129T053300Z-3f9a1c`: sorts by start time, and the random tail keeps two runs started
+/// in the same second (by two processes, or for superseded pushes) apart.
+pub fn new_run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = now
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .unwrap_or_default();
+    let mut tail = [0u8; 3];
+    getrandom::fill(&mut tail).expect("the OS random source");
+    format!("{stamp}-{}", hex::encode(tail))
+}
+
+/// The one-line error kept in the ledger and sent to GitHub.
+fn one_line(e: &impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    let line = s.lines().next().unwrap_or_default();
+    line.chars().take(500).collect()
+}
+
+impl Worker {
+    /// Runs `pending` (in arrival order) as one run. Returns what to do with each entry.
+    pub(super) async fn execute(
+        &self,
+        pending: Vec<Pending>,
+        cancel: &CancellationToken,
+    ) -> Vec<(String, Disposition)> {
+        let run_id = new_run_id();
+        let span = tracing::info_span!(
+            "run",
+            deployment = %self.deployment.name,
+            run = %run_id,
+            sha = tracing::field::Empty
+        );
+        self.execute_run(run_id, pending, cancel)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_run(
+        &self,
+        run_id: String,
+        pending: Vec<Pending>,
+        cancel: &CancellationToken,
+    ) -> Vec<(String, Disposition)> {
+        let d = &self.deployment;
+        let started = now_ms();
+        let deadline = Instant::now() + d.timeout;
+        let log_path = self
+            .config
+            .logs_dir()
+            .join(&d.name)
+            .join(format!("{run_id}.log"));
+        let log = match RunLog::create(log_path.clone()) {
+            Ok(log) => Arc::new(log),
+            Err(e) => {
+                let error = format!("cannot create the run log {}: {e}", log_path.display());
+                tracing::error!("{error}");
+                return self.fail_all(&pending, &run_id, None, &error).await;
+            }
+        };
+        log.line(&format!(
+            "run {run_id} of {}: {} push(es) waiting",
+            d.name,
+            pending.len()
+        ));
+        let repo = Repo::new(&d.path);
+
+        // Fetch first: coalescing needs the pushed commits' history.
+        let mut backoff = Backoff::transient();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match repo
+                .clone_or_fetch(&d.remote, &d.branch, &log, cancel, remaining)
+                .await
+            {
+                Ok(()) => break,
+                Err(_) if cancel.is_cancelled() => return keep_all(&pending, &log),
+                Err(e) => match backoff.next().filter(|_| e.is_transient()) {
+                    Some(wait) => {
+                        log.line(&format!("fetch failed; retrying in {wait:?}"));
+                        tracing::warn!(error = %e, "fetch failed; retrying");
+                        tokio::select! {
+                            () = cancel.cancelled() => return keep_all(&pending, &log),
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                    None => {
+                        let error = one_line(&e);
+                        return self
+                            .fail_all(&pending, &run_id, Some(&log_path), &error)
+                            .await;
+                    }
+                },
+            }
+        }
+
+        let mut out = Vec::new();
+        let mut present = Vec::new();
+        for p in pending {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match repo
+                .ensure_commit(&p.req.sha, &log, cancel, remaining)
+                .await
+            {
+                Ok(()) => present.push(p),
+                Err(_) if cancel.is_cancelled() => {
+                    out.push((p.entry, Disposition::Keep));
+                }
+                Err(e) => {
+                    let error = one_line(&e);
+                    log.line(&format!("push {} ({}): {error}", p.req.delivery, p.req.sha));
+                    self.record_final(
+                        &p,
+                        &new_run_id(),
+                        RunStatus::Failed,
+                        Some(&log_path),
+                        &error,
+                    )
+                    .await;
+                    out.push((p.entry, Disposition::Complete));
+                }
+            }
+        }
+
+        let deployed = match self.ledger.deployed_sha(&d.name).await {
+            Ok(deployed) => deployed,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the deployed commit; will retry");
+                log.line(&format!("ledger unavailable ({e}); the pushes stay queued"));
+                out.extend(present.into_iter().map(|p| (p.entry, Disposition::Keep)));
+                return out;
+            }
+        };
+        let head = repo.remote_head(&d.branch).await.ok().flatten();
+        let candidates: Vec<Candidate> = present
+            .iter()
+            .map(|p| Candidate {
+                sha: p.req.sha.clone(),
+                explicit: p.req.source == "cli",
+            })
+            .collect();
+        let plan =
+            match coalesce::plan(&repo, &candidates, deployed.as_deref(), head.as_deref()).await {
+                Ok(plan) => plan,
+                Err(e) => {
+                    let error = one_line(&e);
+                    let mut failed = self
+                        .fail_all(&present, &run_id, Some(&log_path), &error)
+                        .await;
+                    out.append(&mut failed);
+                    return out;
+                }
+            };
+        let mut chosen = None;
+        for (i, p) in present.into_iter().enumerate() {
+            if plan.deploy == Some(i) {
+                chosen = Some(p);
+                continue;
+            }
+            let (status, error) = if plan.stale.contains(&i) {
+                (
+                    RunStatus::Stale,
+                    format!(
+                        "already deployed: {} contains it",
+                        deployed.as_deref().unwrap_or("?")
+                    ),
+                )
+            } else {
+                let newer = plan.deploy.map_or("?", |c| candidates[c].sha.as_str());
+                (RunStatus::Superseded, format!("superseded by {newer}"))
+            };
+            log.line(&format!(
+                "push {} ({}): {status}: {error}",
+                p.req.delivery, p.req.sha
+            ));
+            self.record_final(&p, &new_run_id(), status, None, &error)
+                .await;
+            out.push((p.entry, Disposition::Complete));
+        }
+        let Some(chosen) = chosen else {
+            log.line("nothing to deploy");
+            // A run log without a run would only confuse `logs`.
+            let _ = std::fs::remove_file(&log_path);
+            return out;
+        };
+        let disposition = self
+            .deploy(
+                &run_id,
+                &chosen,
+                &repo,
+                deployed.as_deref(),
+                &log,
+                started,
+                deadline,
+                cancel,
+            )
+            .await;
+        out.push((chosen.entry, disposition));
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn deploy(
+        &self,
+        run_id: &str,
+        p: &Pending,
+        repo: &Repo,
+        deployed: Option<&str>,
+        log: &Arc<RunLog>,
+        started: i64,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> Disposition {
+        let d = &self.deployment;
+        let sha = &p.req.sha;
+        tracing::Span::current().record("sha", sha.as_str());
+        let run = Run {
+            id: run_id.to_owned(),
+            deployment: d.name.clone(),
+            delivery: p.req.delivery.clone(),
+            sha: sha.clone(),
+            source: p.req.source.clone(),
+            status: RunStatus::Running,
+            started_at: started,
+            finished_at: None,
+            log_path: Some(log.path().to_string_lossy().into_owned()),
+            error: None,
+        };
+        if let Err(e) = self.ledger.insert_run(&run).await {
+            tracing::error!(error = %e, "cannot record the run; the push stays queued");
+            log.line(&format!("ledger unavailable ({e}); the push stays queued"));
+            return Disposition::Keep;
+        }
+        tracing::info!(delivery = %p.req.delivery, "deploying");
+        log.line(&format!(
+            "deploying {sha} of {} {} (delivery {}, from {})",
+            d.repository, d.branch, p.req.delivery, p.req.source
+        ));
+        self.report(sha, run_id, CommitState::Pending, "Deploying")
+            .await;
+
+        let result = self.steps(p, repo, deployed, log, deadline, cancel).await;
+        let finished = now_ms();
+        let (status, error) = match &result {
+            Ok(()) => (RunStatus::Success, None),
+            Err(_) if cancel.is_cancelled() => (
+                RunStatus::Cancelled,
+                Some(
+                    "stopped (shutdown or lost lock); the push stays queued and is redone"
+                        .to_owned(),
+                ),
+            ),
+            Err(e) => (RunStatus::Failed, Some(one_line(e))),
+        };
+        let secs = (finished - started) / 1000;
+        log.line(&match &error {
+            None => format!("run {run_id}: success in {secs}s"),
+            Some(e) => format!("run {run_id}: {status}: {e}"),
+        });
+        if let Err(e) = self
+            .ledger
+            .finish_run(run_id, status, finished, error.as_deref())
+            .await
+        {
+            // Unrecorded, the run is redone from the queue: safer than losing it.
+            tracing::error!(error = %e, "cannot record the run's end; the push stays queued");
+            return Disposition::Keep;
+        }
+        match status {
+            RunStatus::Success => {
+                tracing::info!(seconds = secs, "deployed");
+                self.report(
+                    sha,
+                    run_id,
+                    CommitState::Success,
+                    &format!("Deployed in {secs}s"),
+                )
+                .await;
+                super::check_restart_request(&self.config, log);
+                Disposition::Complete
+            }
+            RunStatus::Cancelled => {
+                tracing::warn!("run stopped; the push stays queued");
+                Disposition::Keep
+            }
+            _ => {
+                let e = error.unwrap_or_default();
+                tracing::warn!(error = %e, "run failed");
+                self.report(sha, run_id, CommitState::Failure, &e).await;
+                Disposition::Complete
+            }
+        }
+    }
+
+    async fn steps(
+        &self,
+        p: &Pending,
+        repo: &Repo,
+        deployed: Option<&str>,
+        log: &Arc<RunLog>,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<(), StepError> {
+        let d = &self.deployment;
+        let sha = &p.req.sha;
+        let remaining = || deadline.saturating_duration_since(Instant::now());
+        repo.checkout(sha, log, cancel, remaining()).await?;
+        let changed = match deployed {
+            Some(prev) if repo.has_commit(prev).await? => {
+                let files = repo.changed_files(prev, sha).await?;
+                log.line(&format!("{} file(s) changed since {prev}", files.len()));
+                Some(files)
+            }
+            _ => None,
+        };
+
+        let mut env: Vec<(String, String)> =
+            d.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.extend([
+            ("DEPLOY_NAME".into(), d.name.clone()),
+            ("DEPLOY_SHA".into(), sha.clone()),
+            ("DEPLOY_REF".into(), format!("refs/heads/{}", d.branch)),
+            ("DEPLOY_DELIVERY".into(), p.req.delivery.clone()),
+            (
+                "DEPLOY_RESTART_FILE".into(),
+                super::restart_file(&self.config)
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        ]);
+        for spec in &d.commands {
+            let left = remaining();
+            if left.is_zero() {
+                return Err(StepError::OutOfTime(d.timeout));
+            }
+            let timeout = spec.timeout.map_or(left, |t| t.min(left));
+            process::run(
+                Spawn {
+                    argv: &spec.argv,
+                    cwd: &d.path,
+                    env: &env,
+                    timeout,
+                },
+                log,
+                cancel,
+                "the deployer is shutting down or lost its lock",
+            )
+            .await?;
+        }
+
+        if !d.sites.is_empty() {
+            log.line("publishing nginx sites");
+            let Some(lock) = self.locks.acquire(NGINX_LOCK, cancel).await else {
+                return Err(StepError::Cancelled);
+            };
+            let published = sites::publish(
+                &self.helper,
+                d,
+                &self.config.state_dir,
+                changed.as_deref(),
+                log,
+            )
+            .await;
+            lock.release().await;
+            published?;
+        }
+        Ok(())
+    }
+
+    /// Records one push in a final state without a run of its own.
+    async fn record_final(
+        &self,
+        p: &Pending,
+        id: &str,
+        status: RunStatus,
+        log_path: Option<&PathBuf>,
+        error: &str,
+    ) {
+        let now = now_ms();
+        let run = Run {
+            id: id.to_owned(),
+            deployment: self.deployment.name.clone(),
+            delivery: p.req.delivery.clone(),
+            sha: p.req.sha.clone(),
+            source: p.req.source.clone(),
+            status,
+            started_at: now,
+            finished_at: Some(now),
+            log_path: log_path.map(|l| l.to_string_lossy().into_owned()),
+            error: Some(error.to_owned()),
+        };
+        if let Err(e) = self.ledger.insert_run(&run).await {
+            tracing::error!(error = %e, delivery = %p.req.delivery, %status, "cannot record a push");
+        }
+    }
+
+    /// Fails every push of a run that broke before one was chosen (fetch, history): each gets a
+    /// failed record sharing the run's log, so a redelivery of any of them queues it again.
+    async fn fail_all(
+        &self,
+        pending: &[Pending],
+        run_id: &str,
+        log_path: Option<&PathBuf>,
+        error: &str,
+    ) -> Vec<(String, Disposition)> {
+        tracing::warn!(error, "run failed before a commit was chosen");
+        let mut out = Vec::new();
+        for (i, p) in pending.iter().enumerate() {
+            let id = if i + 1 == pending.len() {
+                run_id.to_owned()
+            } else {
+                new_run_id()
+            };
+            self.record_final(p, &id, RunStatus::Failed, log_path, error)
+                .await;
+            out.push((p.entry.clone(), Disposition::Complete));
+        }
+        if let Some(last) = pending.last() {
+            self.report(&last.req.sha, run_id, CommitState::Failure, error)
+                .await;
+        }
+        out
+    }
+
+    /// Posts a commit status; a failure is logged and changes nothing else.
+    async fn report(&self, sha: &str, run_id: &str, state: CommitState, description: &str) {
+        let Some(github) = &self.github else {
+            return;
+        };
+        let d = &self.deployment;
+        if let Err(e) = github
+            .post(&d.repository, sha, &d.name, run_id, state, description)
+            .await
+        {
+            tracing::warn!(error = %e, ?state, "cannot report the commit status to GitHub");
+        }
+    }
+}
+
+fn keep_all(pending: &[Pending], log: &RunLog) -> Vec<(String, Disposition)> {
+    log.line("stopped before a commit was chosen; the pushes stay queued");
+    pending
+        .iter()
+        .map(|p| (p.entry.clone(), Disposition::Keep))
+        .collect()
+}

@@ -1,0 +1,251 @@
+//! The sites step: publish a deployment's nginx confs through the root helper.
+//!
+//! Sites whose conf changed since the last successful deploy (all of them on the first) are
+//! written, sites dropped from the repository or the config are removed, nginx is reloaded once,
+//! and a certificate is requested for every site (the helper skips valid ones). Diffs are taken
+//! from the last *successful* deploy, so whatever a failed run left half-done is redone next time.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::client::{Client, ClientError};
+use protocol::nginx_syntax;
+use protocol::{Domain, Domains, Request, Response, SiteConfig, SiteName};
+
+use super::log::RunLog;
+use super::retry::Backoff;
+use crate::config::Deployment;
+
+/// certbot may take minutes; anything else answers in seconds.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    #[error("site {site}: cannot read {path}: {source}")]
+    Read {
+        site: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("site {site}: {reason}")]
+    Invalid { site: String, reason: String },
+    #[error("privileged helper refused {verb}{site}: {code}: {detail}")]
+    Refused {
+        verb: &'static str,
+        site: String,
+        code: protocol::ErrorCode,
+        detail: String,
+    },
+    #[error("privileged helper: {0}")]
+    Client(#[from] ClientError),
+    #[error("privileged helper answered {0} with something unexpected")]
+    Unexpected(&'static str),
+    #[error("cannot record the published sites in {path}: {source}")]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The helper, called from async code.
+#[derive(Debug, Clone)]
+pub struct Helper {
+    client: Client,
+}
+
+impl Helper {
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            client: Client::new(socket, HELPER_TIMEOUT),
+        }
+    }
+
+    /// One request, retried while the helper is unreachable.
+    async fn call(&self, request: Request, log: &RunLog) -> Result<(), SiteError> {
+        let verb = request.verb();
+        let site = request
+            .site()
+            .map(|s| format!(" for {s}"))
+            .unwrap_or_default();
+        let mut backoff = Backoff::transient();
+        let response = loop {
+            let client = self.client.clone();
+            let req = request.clone();
+            let answer = tokio::task::spawn_blocking(move || client.call(&req))
+                .await
+                .map_err(|_| SiteError::Unexpected(verb))?;
+            match answer {
+                Ok(response) => break response,
+                Err(e) if e.is_transient() => match backoff.next() {
+                    Some(wait) => {
+                        log.line(&format!("helper {verb}{site}: {e}; retrying in {wait:?}"));
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(e.into()),
+                },
+                Err(e) => return Err(e.into()),
+            }
+        };
+        match response {
+            Response::Done { outcome, detail } => {
+                let detail = detail.as_str().trim();
+                if detail.is_empty() {
+                    log.line(&format!("helper {verb}{site}: {outcome}"));
+                } else {
+                    log.line(&format!("helper {verb}{site}: {outcome}: {detail}"));
+                }
+                Ok(())
+            }
+            Response::Error { code, detail } => {
+                log.line(&format!(
+                    "helper refused {verb}{site}: {code}: {}",
+                    detail.as_str().trim()
+                ));
+                Err(SiteError::Refused {
+                    verb,
+                    site,
+                    code,
+                    detail: detail.as_str().trim().to_owned(),
+                })
+            }
+            Response::Hello { .. } => Err(SiteError::Unexpected(verb)),
+        }
+    }
+}
+
+/// Where the names of the sites a deployment has published are kept, so that a site dropped
+/// from the config can still be removed.
+pub fn published_list(state_dir: &Path, deployment: &str) -> PathBuf {
+    state_dir.join("sites").join(format!("{deployment}.list"))
+}
+
+fn read_published(path: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(path)
+        .map(|s| {
+            s.lines()
+                .map(str::to_owned)
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn write_published(path: &Path, sites: &BTreeSet<String>) -> Result<(), SiteError> {
+    let io = |source| SiteError::State {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("list.tmp");
+    let text: String = sites.iter().map(|s| format!("{s}\n")).collect();
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+fn site_name(site: &str) -> Result<SiteName, SiteError> {
+    SiteName::try_from(site).map_err(|e| SiteError::Invalid {
+        site: site.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The certificate domains of a conf: its `server_name`s that are plain host names (not `_`,
+/// wildcards or regexes), without duplicates.
+pub fn domains_of(conf: &str) -> Result<Option<Domains>, String> {
+    let directives = nginx_syntax::parse(conf).map_err(|e| e.to_string())?;
+    let mut seen = BTreeSet::new();
+    let domains: Vec<Domain> = nginx_syntax::server_names(&directives)
+        .into_iter()
+        .filter(|n| seen.insert(n.clone()))
+        .filter_map(|n| Domain::try_from(n.as_str()).ok())
+        .collect();
+    if domains.is_empty() {
+        return Ok(None);
+    }
+    Domains::try_from(domains)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the sites step; the caller holds the nginx lock. `changed` is `None` on a first deploy
+/// (or when the previous commit is unknown), when every site is written.
+pub async fn publish(
+    helper: &Helper,
+    deployment: &Deployment,
+    state_dir: &Path,
+    changed: Option<&[PathBuf]>,
+    log: &Arc<RunLog>,
+) -> Result<(), SiteError> {
+    let list = published_list(state_dir, &deployment.name);
+    let previous = read_published(&list);
+    let mut current = BTreeSet::new();
+    let mut certificates = Vec::new();
+    let mut requests = Vec::new();
+    for (site, rel) in &deployment.sites {
+        let name = site_name(site)?;
+        let path = deployment.path.join(rel);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if previous.contains(site) || changed.is_none() {
+                    log.line(&format!("site {site}: {} is gone; removing", rel.display()));
+                    requests.push(Request::RemoveSite { site: name });
+                }
+                continue;
+            }
+            Err(source) => {
+                return Err(SiteError::Read {
+                    site: site.clone(),
+                    path,
+                    source,
+                });
+            }
+        };
+        current.insert(site.clone());
+        let is_new = !previous.contains(site);
+        let is_changed = changed.is_none_or(|c| c.iter().any(|p| p == rel));
+        if is_new || is_changed {
+            let config = SiteConfig::try_from(text.as_str()).map_err(|e| SiteError::Invalid {
+                site: site.clone(),
+                reason: e.to_string(),
+            })?;
+            requests.push(Request::WriteSite {
+                site: name.clone(),
+                config,
+            });
+        }
+        match domains_of(&text) {
+            Ok(Some(domains)) => certificates.push(Request::IssueCertificate {
+                site: name,
+                domains,
+            }),
+            Ok(None) => log.line(&format!("site {site}: no server_name to certify")),
+            Err(e) => {
+                return Err(SiteError::Invalid {
+                    site: site.clone(),
+                    reason: e,
+                });
+            }
+        }
+    }
+    for site in previous.difference(&deployment.sites.keys().cloned().collect()) {
+        log.line(&format!("site {site}: no longer configured; removing"));
+        requests.push(Request::RemoveSite {
+            site: site_name(site)?,
+        });
+    }
+    for request in requests {
+        helper.call(request, log).await?;
+    }
+    helper.call(Request::ReloadNginx, log).await?;
+    // Recorded before certificates: the confs are live now, whatever certbot says.
+    write_published(&list, &current)?;
+    for request in certificates {
+        helper.call(request, log).await?;
+    }
+    Ok(())
+}
