@@ -9,16 +9,11 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-mod actions;
-mod checker;
-mod command;
-mod policy;
-mod server;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use policy::{DEFAULT_POLICY_PATH, Policy};
+use privhelper::policy::{DEFAULT_POLICY_PATH, Policy};
+use privhelper::{checker, server};
 
 const USAGE: &str = "usage: durhack-privhelper [check] [--policy PATH] [--dev-insecure]";
 

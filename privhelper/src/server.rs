@@ -1,7 +1,7 @@
 //! The socket, the peer check, privilege reduction and the serial serve loop.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -124,6 +124,22 @@ pub fn serve(policy: &Policy, listener: &UnixListener) -> Result<(), String> {
     }
 }
 
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
 fn serve_one(policy: &Policy, mut stream: UnixStream) {
     let started = Instant::now();
     let (uid, pid) = match getsockopt(&stream, sockopt::PeerCredentials) {
@@ -150,8 +166,12 @@ fn serve_one(policy: &Policy, mut stream: UnixStream) {
         );
         return;
     }
-    let _ = stream.set_read_timeout(Some(policy.read_timeout));
-    let request = frame::read_exact_one::<Request>(&mut stream);
+    // One deadline for the whole request, so a client dripping bytes cannot hold us either.
+    let mut reader = Deadline {
+        stream: &stream,
+        until: Instant::now() + policy.read_timeout,
+    };
+    let request = frame::read_exact_one::<Request>(&mut reader);
     let (verb, site, response) = match request {
         Ok(req) => {
             let response = actions::handle(policy, &req);
@@ -166,10 +186,7 @@ fn serve_one(policy: &Policy, mut stream: UnixStream) {
         Err(e) => {
             // Drain (bounded, under the read timeout) what the peer sent, so closing with unread
             // data does not reset the connection before it reads our error.
-            let _ = io::copy(
-                &mut io::Read::take(&mut stream, MAX_FRAME_BYTES as u64),
-                &mut io::sink(),
-            );
+            let _ = io::copy(&mut reader.take(MAX_FRAME_BYTES as u64), &mut io::sink());
             let code = match &e {
                 FrameError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
                 FrameError::Io(io)
