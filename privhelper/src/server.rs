@@ -35,6 +35,18 @@ pub const KEPT_CAPABILITIES: [Capability; 3] = [
     Capability::CAP_FOWNER,
 ];
 
+/// stdin, if it is a listening Unix socket (systemd's, with `StandardInput=socket`).
+fn inherited_listener() -> Option<UnixListener> {
+    let fd = io::stdin().as_fd().try_clone_to_owned().ok()?;
+    if !getsockopt(&fd, sockopt::AcceptConn).ok()? {
+        return None;
+    }
+    let listener = UnixListener::from(fd);
+    // std refuses to report an address for anything but a Unix socket.
+    listener.local_addr().ok()?;
+    Some(listener)
+}
+
 fn serr<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
@@ -46,22 +58,15 @@ fn serr<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
 /// `StandardInput=socket` in the service unit: systemd then hands us the listening socket as
 /// stdin, which std lets us borrow safely.
 pub fn listen(policy: &Policy) -> Result<UnixListener, String> {
-    let activated = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        == Some(std::process::id());
-    if activated {
-        let fd = io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(serr("cannot take the activated socket"))?;
-        let listener = UnixListener::from(fd);
-        // std refuses a descriptor that is not a Unix socket here.
-        let addr = listener.local_addr().map_err(serr(
-            "LISTEN_PID is ours but stdin is not a Unix socket (StandardInput=socket?)",
-        ))?;
-        tracing::info!(?addr, "using the systemd-activated socket passed as stdin");
+    if let Some(listener) = inherited_listener() {
+        tracing::info!(addr = ?listener.local_addr().ok(), "using the activated socket on stdin");
         return Ok(listener);
+    }
+    if std::env::var("LISTEN_PID").is_ok_and(|p| p == std::process::id().to_string()) {
+        return Err(
+            "socket-activated, but stdin is not the listening socket: set StandardInput=socket"
+                .into(),
+        );
     }
     match fs::symlink_metadata(&policy.socket) {
         Ok(m) if m.file_type().is_socket() => {

@@ -220,3 +220,43 @@ fn check_subcommand_prints_what_the_policy_allows_and_refuses_unsafe_files() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("writable"));
 }
+
+#[test]
+fn a_socket_activated_listener_on_stdin_is_used() {
+    let Some(nginx) = Nginx::start() else { return };
+    if !prereq::require("root", prereq::is_root(), "the helper runs as root") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let activated = dir.path().join("activated.sock");
+    let policy_socket = dir.path().join("policy.sock");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        PolicySpec::new(&nginx).to_toml(&nginx, &policy_socket),
+    )
+    .unwrap();
+    // What systemd does with StandardInput=socket: the listening socket is the helper's stdin.
+    let listener = std::os::unix::net::UnixListener::bind(&activated).unwrap();
+    let mut child = Command::new(testkit::privhelper::binary())
+        .arg("--policy")
+        .arg(&policy)
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = Client::new(&activated, Duration::from_secs(60));
+    let answer = client.call(&Request::Hello);
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        matches!(answer, Ok(Response::Hello { .. })),
+        "{answer:?}\n{log}"
+    );
+    assert!(
+        !policy_socket.exists(),
+        "the policy's socket path was not bound"
+    );
+    assert!(log.contains("activated socket"), "{log}");
+}
