@@ -8,3 +8,4 @@ pub mod git;
 pub mod nginx;
 pub mod pebble;
 pub mod privhelper;
+pub mod services;

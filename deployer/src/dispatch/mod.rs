@@ -1,1 +1,273 @@
-//! Filled by the work that owns this module.
+//! The dispatcher: drains the inbox in name order, deduplicates each delivery in the ledger and
+//! routes pushes to the per-deployment queues.
+//!
+//! Crash safety, step by step, for an inbox entry `E` carrying delivery `D`:
+//! 1. if `E` is already recorded in the ledger, its routing finished: just remove the file;
+//! 2. claim `D` for `E` (insert-if-absent): the first entry to claim an id owns it;
+//! 3. push one deploy-queue entry per deployment, each named exactly like `E`, so doing this
+//!    again after a crash overwrites the same files (and the worker skips a (delivery,
+//!    deployment) that already succeeded);
+//! 4. record `E` with its outcome; 5. remove `E`.
+//!
+//! A crash anywhere repeats at most steps 2-5 for `E` on restart, with the same result.
+//!
+//! Redelivery (GitHub's "Redeliver" reuses the delivery id): when `D` is claimed by an earlier
+//! entry, the delivery was handled before. It is recorded as a `duplicate` and deploys nothing,
+//! unless a deployment's latest run for `D` failed or was cancelled: those deployments (if still
+//! enabled and still watching the branch) are queued again and the redelivery is `routed`. So
+//! "Redeliver" in GitHub is the way to retry a failed deploy, and never deploys twice what
+//! worked.
+
+mod route;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use route::{Push, Routing, is_sha, route};
+
+use crate::config::Config;
+use crate::ledger::{Claim, DeliveryRecord, Ledger, LedgerError, Outcome};
+use crate::queue::{Entry, Queue, QueueError};
+
+/// An inbox entry: the verified delivery as received. `P` is the payload (borrowed raw JSON when
+/// writing, parsed when reading).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxEntry<P> {
+    pub event: String,
+    pub delivery: String,
+    pub hook_id: Option<String>,
+    pub received_at_ms: i64,
+    pub payload: P,
+}
+
+/// One deploy-queue entry: deploy `sha` of `branch` for `deployment`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DeployRequest {
+    pub deployment: String,
+    pub delivery: String,
+    pub repository: String,
+    pub branch: String,
+    /// 40 hex digits.
+    pub sha: String,
+    pub before: Option<String>,
+    pub received_at_ms: i64,
+    /// `webhook` or `cli`.
+    pub source: String,
+}
+
+/// The queue directory of deployment `deployment`.
+pub fn deploy_queue_dir(config: &Config, deployment: &str) -> PathBuf {
+    config.queues_dir().join(format!("deploy-{deployment}"))
+}
+
+/// The inbox, where the HTTP endpoint writes verified deliveries.
+pub fn inbox_dir(config: &Config) -> PathBuf {
+    config.queues_dir().join("inbox")
+}
+
+/// Inbox entries that cannot be parsed are moved here rather than deleted.
+pub fn unreadable_dir(config: &Config) -> PathBuf {
+    config.queues_dir().join("inbox-unreadable")
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("encoding a deploy request: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("a blocking queue write panicked")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Retry delays after a failure (ledger down, disk trouble): the entry stays in the inbox and
+/// is handled again, in order, when the cause goes away.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Drains the inbox until `shutdown` is cancelled.
+pub async fn run(
+    config: Arc<Config>,
+    ledger: Ledger,
+    shutdown: CancellationToken,
+) -> Result<(), DispatchError> {
+    let inbox = Queue::open(inbox_dir(&config))?;
+    let mut consumer = inbox.consumer()?;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let batch = consumer.next_batch(&shutdown).await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut pending = batch.into_iter();
+        let mut failed = false;
+        for entry in pending.by_ref() {
+            let result = match handle(&config, &ledger, &entry).await {
+                Ok(()) => consumer.complete(&entry.name).map_err(DispatchError::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::error!(entry = %entry.name, error = %e, retry_in = ?backoff, "dispatch failed; will retry");
+                consumer.release(&entry.name);
+                failed = true;
+                break;
+            }
+            backoff = BACKOFF_MIN;
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        // Later entries wait for the failed one, so order is kept.
+        for entry in pending {
+            consumer.release(&entry.name);
+        }
+        if failed {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// Handles one inbox entry, up to and including its ledger record (not the file's removal).
+pub async fn handle(config: &Config, ledger: &Ledger, entry: &Entry) -> Result<(), DispatchError> {
+    let parsed: InboxEntry<serde_json::Value> = match serde_json::from_slice(&entry.contents) {
+        Ok(p) => p,
+        Err(e) => {
+            // We wrote it after validating it, so this is disk damage or a hand-made file: keep
+            // it for a human, out of the way of the entries behind it.
+            tracing::error!(entry = %entry.name, error = %e, "unreadable inbox entry moved aside");
+            let dest = Queue::open(unreadable_dir(config))?;
+            dest.push_named(&entry.name, &entry.contents)?;
+            return Ok(());
+        }
+    };
+    let span = tracing::info_span!("delivery", delivery = %parsed.delivery, event = %parsed.event);
+    handle_parsed(config, ledger, &entry.name, &parsed)
+        .instrument(span)
+        .await
+}
+
+async fn handle_parsed(
+    config: &Config,
+    ledger: &Ledger,
+    name: &str,
+    entry: &InboxEntry<serde_json::Value>,
+) -> Result<(), DispatchError> {
+    if ledger.delivery_recorded(name).await? {
+        tracing::info!(entry = %name, "already recorded before a restart");
+        return Ok(());
+    }
+    let routing = route(config, &entry.event, &entry.payload);
+    let (outcome, deployments, reason) = match ledger
+        .claim_delivery(&entry.delivery, name, now_ms())
+        .await?
+    {
+        Claim::First => {
+            let outcome = if routing.deployments.is_empty() {
+                Outcome::Ignored
+            } else {
+                Outcome::Routed
+            };
+            (outcome, routing.deployments.clone(), routing.reason.clone())
+        }
+        Claim::Redelivery { first_entry } => {
+            let failed = ledger
+                .failed_deployments_of_delivery(&entry.delivery)
+                .await?;
+            let again: Vec<String> = routing
+                .deployments
+                .iter()
+                .filter(|d| failed.contains(d))
+                .cloned()
+                .collect();
+            if again.is_empty() {
+                (
+                    Outcome::Duplicate,
+                    Vec::new(),
+                    format!(
+                        "redelivery of a delivery already handled (first received as {first_entry})"
+                    ),
+                )
+            } else {
+                let reason = format!(
+                    "redelivery of a failed deploy: queued again for {}",
+                    again.join(", ")
+                );
+                (Outcome::Routed, again, reason)
+            }
+        }
+    };
+    if !deployments.is_empty() {
+        enqueue(config, name, entry, &routing.push, &deployments).await?;
+    }
+    let record = DeliveryRecord {
+        entry: name.to_owned(),
+        delivery: entry.delivery.clone(),
+        event: entry.event.clone(),
+        hook_id: entry.hook_id.clone(),
+        received_at: entry.received_at_ms,
+        handled_at: now_ms(),
+        outcome,
+        reason,
+        repository: routing.push.repository.clone(),
+        branch: routing.push.branch.clone(),
+        sha: routing.push.sha.clone(),
+        deployments,
+    };
+    ledger.record_delivery(&record).await?;
+    tracing::info!(outcome = outcome.as_str(), reason = %record.reason, deployments = ?record.deployments, "delivery handled");
+    Ok(())
+}
+
+/// Writes one deploy request per deployment, named after the inbox entry so a repeat overwrites.
+async fn enqueue(
+    config: &Config,
+    name: &str,
+    entry: &InboxEntry<serde_json::Value>,
+    push: &Push,
+    deployments: &[String],
+) -> Result<(), DispatchError> {
+    let mut writes = Vec::new();
+    for deployment in deployments {
+        let request = DeployRequest {
+            deployment: deployment.clone(),
+            delivery: entry.delivery.clone(),
+            repository: push.repository.clone().unwrap_or_default(),
+            branch: push.branch.clone().unwrap_or_default(),
+            sha: push.sha.clone().unwrap_or_default(),
+            before: push.before.clone(),
+            received_at_ms: entry.received_at_ms,
+            source: "webhook".to_owned(),
+        };
+        writes.push((
+            deploy_queue_dir(config, deployment),
+            serde_json::to_vec(&request)?,
+        ));
+    }
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        for (dir, bytes) in writes {
+            Queue::open(dir)?.push_named(&name, &bytes)?;
+        }
+        Ok::<(), QueueError>(())
+    })
+    .await??;
+    Ok(())
+}

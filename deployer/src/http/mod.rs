@@ -1,1 +1,95 @@
-//! Filled by the work that owns this module.
+//! The HTTP endpoint: `POST /github-webhook` verifies a delivery and writes it durably to the
+//! inbox before answering 202; `GET /` says the service is up. Nothing here waits for the
+//! database or for a deploy, so GitHub's 10-second deadline only covers a verified fsync.
+
+pub mod signature;
+mod source;
+mod webhook;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::config::{Config, IpNetwork, Secret};
+use crate::queue::Queue;
+
+/// GitHub caps webhook payloads at 25 MiB; anything longer is not from GitHub.
+pub const MAX_BODY: usize = 25 * 1024 * 1024;
+
+/// GitHub stops waiting after 10 seconds, so a body still arriving after that is wasted effort
+/// (or a slow client holding a connection open).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Clone)]
+struct Inner {
+    secret: Secret,
+    inbox: Queue,
+    allowed_networks: Vec<IpNetwork>,
+    trusted_proxy_hops: usize,
+    body_read_timeout: Duration,
+}
+
+impl AppState {
+    pub fn new(config: &Config, inbox: Queue) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                secret: config.github.webhook_secret.clone(),
+                inbox,
+                allowed_networks: config.github.allowed_networks.clone(),
+                trusted_proxy_hops: config.github.trusted_proxy_hops,
+                body_read_timeout: BODY_READ_TIMEOUT,
+            }),
+        }
+    }
+
+    /// The same state with another body read timeout (tests use a short one).
+    pub fn with_body_read_timeout(self, timeout: Duration) -> Self {
+        let inner = Arc::unwrap_or_clone(self.inner);
+        Self {
+            inner: Arc::new(Inner {
+                body_read_timeout: timeout,
+                ..inner
+            }),
+        }
+    }
+
+    pub fn inbox(&self) -> &Queue {
+        &self.inner.inbox
+    }
+}
+
+/// The router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so that
+/// `allowed_networks` can see the peer address.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(health))
+        .route("/github-webhook", post(webhook::receive))
+        .with_state(state)
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "service": "durhack-deployer",
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+/// The peer address the server recorded for this request, if any.
+fn peer_addr(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
+    use axum::extract::ConnectInfo;
+    use axum::extract::connect_info::MockConnectInfo;
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .or_else(|| extensions.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0))
+}

@@ -4,7 +4,10 @@
 //! and are checked at run time, so building never needs a live database. Each backend has its
 //! own migration folder because their DDL differs.
 
+mod deliveries;
 mod runs;
+
+pub use deliveries::{Claim, DeliveryRecord, Outcome};
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;

@@ -175,7 +175,13 @@ impl Queue {
             let _ = fs::remove_file(&tmp);
         }
         result?;
-        sync_dir(&self.dir)
+        if let Err(e) = sync_dir(&self.dir) {
+            // The rename may not survive a crash, so the caller must not count on the entry:
+            // take it back rather than leave one that is there only until the power goes.
+            let _ = fs::remove_file(self.dir.join(name));
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The entry names, in order; dot files (temporaries) are not entries.
