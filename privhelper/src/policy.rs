@@ -299,6 +299,19 @@ domains = ["durhack.com", "www.durhack.com"]
     }
 
     #[test]
+    fn the_example_policy_in_sudoers_is_valid() {
+        let text = include_str!("../../sudoers/privhelper.toml");
+        // The example's user exists only on a deployed machine.
+        let text = text.replace(
+            "client_user = \"durhack-deployer\"",
+            "client_user = \"root\"",
+        );
+        let p = Policy::parse(&text).unwrap();
+        assert_eq!(p.sites.len(), 4);
+        assert_eq!(p.certbot.renew_before, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
     fn refuses_bad_policies() {
         let cases = [
             sample("[sites.other]\ndomains = [\"durhack.com\"]\n"),
