@@ -34,6 +34,11 @@ pub struct Args {
     /// (the quickstart's demo), so every push is a new deploy.
     #[arg(long)]
     new_commit: bool,
+    /// The client address to present in X-Forwarded-For [default, when posting straight to the
+    /// listen address with `trusted_proxy_hops` > 0: a GitHub hook address that
+    /// `allowed_networks` accepts].
+    #[arg(long)]
+    forwarded_for: Option<IpAddr>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -88,10 +93,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .then(|| quickstart::local_path(&deployment.remote));
     let payload = push_payload(deployment, before.as_deref(), &after, local);
     let body = serde_json::to_vec(&payload)?;
+    // Straight to the daemon, or through the proxies in front of it (`--url`)?
+    let direct = args.url.is_none();
     let url = match args.url {
         Some(url) => url,
         None => default_url(config.listen),
     };
+    let xff = forwarded_for(&config, args.forwarded_for, direct)?;
     let delivery = delivery_id()?;
     let signature =
         crate::http::signature::sign(config.github.webhook_secret.expose().as_bytes(), &body);
@@ -100,6 +108,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "POST {url}\n  X-GitHub-Event: push\n  X-GitHub-Delivery: {delivery}\n  push of {} {} to {}",
         deployment.repository, deployment.branch, after
     );
+    if let Some(xff) = &xff {
+        println!("  X-Forwarded-For: {xff}  (as the proxy in front would send it)");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -109,8 +120,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .timeout(Duration::from_secs(30))
             .user_agent("GitHub-Hookshot/send-test-push")
             .build()?;
-        let response = client
-            .post(&url)
+        let mut request = client.post(&url);
+        if let Some(xff) = &xff {
+            request = request.header("X-Forwarded-For", xff);
+        }
+        let response = request
             .header("Content-Type", "application/json")
             .header("X-GitHub-Event", "push")
             .header("X-GitHub-Delivery", &delivery)
@@ -135,6 +149,47 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("send-test-push: the deployer refused the push ({status})");
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// GitHub hook source addresses (https://api.github.com/meta, "hooks"), one per published range.
+const GITHUB_HOOK_ADDRESSES: [&str; 6] = [
+    "140.82.112.1",
+    "192.30.252.1",
+    "185.199.108.1",
+    "143.55.64.1",
+    "2a0a:a440::1",
+    "2606:50c0::1",
+];
+
+/// The X-Forwarded-For header to send, if any. Behind `trusted_proxy_hops` proxies the daemon
+/// reads the client from that header, so a post straight to it (bypassing the proxies) carries
+/// the header the proxies would have written: the client, then one loopback entry per further hop.
+/// Through the proxies (`--url`) they add their own entries; only an explicit address is sent.
+fn forwarded_for(
+    config: &Config,
+    explicit: Option<IpAddr>,
+    direct: bool,
+) -> anyhow::Result<Option<String>> {
+    let hops = config.github.trusted_proxy_hops;
+    if !direct || hops == 0 {
+        return Ok(explicit.map(|ip| ip.to_string()));
+    }
+    let networks = &config.github.allowed_networks;
+    let client = match explicit {
+        Some(ip) => ip,
+        None if networks.is_empty() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        None => GITHUB_HOOK_ADDRESSES
+            .iter()
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+            .find(|ip| networks.iter().any(|n| n.contains(*ip)))
+            .context(
+                "no GitHub hook address is in github.allowed_networks: pass --forwarded-for \
+                 with an address it allows",
+            )?,
+    };
+    let mut entries = vec![client.to_string()];
+    entries.extend(std::iter::repeat_n("127.0.0.1".to_owned(), hops - 1));
+    Ok(Some(entries.join(", ")))
 }
 
 /// The endpoint on the configured listen address; a wildcard address is reached on loopback.
@@ -406,6 +461,42 @@ mod tests {
         assert_eq!(a.len(), 36);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-'));
         assert_eq!(a.as_bytes()[14], b'4');
+    }
+
+    #[test]
+    fn forwarded_for_mimics_the_proxies_only_when_bypassing_them() {
+        let config = |extra: &str| {
+            Config::parse(
+                &format!("[github]\n{extra}"),
+                Path::new("t.toml"),
+                Some("s".into()),
+            )
+            .unwrap()
+        };
+        let none = config("");
+        assert_eq!(forwarded_for(&none, None, true).unwrap(), None);
+        let behind_nginx = config(
+            "trusted_proxy_hops = 2\nallowed_networks = [\"185.199.108.0/22\", \"2a0a:a440::/29\"]",
+        );
+        assert_eq!(
+            forwarded_for(&behind_nginx, None, true).unwrap().as_deref(),
+            Some("185.199.108.1, 127.0.0.1")
+        );
+        assert_eq!(forwarded_for(&behind_nginx, None, false).unwrap(), None);
+        let explicit = Some("10.1.2.3".parse().unwrap());
+        assert_eq!(
+            forwarded_for(&behind_nginx, explicit, false)
+                .unwrap()
+                .as_deref(),
+            Some("10.1.2.3")
+        );
+        let open = config("trusted_proxy_hops = 1");
+        assert_eq!(
+            forwarded_for(&open, None, true).unwrap().as_deref(),
+            Some("127.0.0.1")
+        );
+        let private = config("trusted_proxy_hops = 1\nallowed_networks = [\"10.0.0.0/8\"]");
+        assert!(forwarded_for(&private, None, true).is_err());
     }
 
     #[test]
