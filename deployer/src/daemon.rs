@@ -1,11 +1,116 @@
 //! `run(config, shutdown)`: starts the HTTP endpoint, the dispatcher and the workers, and stops
-//! them in order when `shutdown` is cancelled.
+//! them when `shutdown` is cancelled: the endpoint first (in-flight requests finish, so every
+//! answered delivery is in the inbox), then the dispatcher, then the workers.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::dispatch::{self, deploy_queue_dir, inbox_dir};
+use crate::http::{self, AppState};
+use crate::ledger::Ledger;
+use crate::queue::Queue;
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = (config, shutdown);
-    anyhow::bail!("not wired yet")
+    run_with_ready(config, shutdown, |_| {}).await
+}
+
+/// Like [`run`], calling `ready` with the bound address once the endpoint is listening and
+/// everything behind it has started (for `sd_notify`, and for tests that listen on port 0).
+pub async fn run_with_ready(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    let inbox = Queue::open(inbox_dir(&config))?;
+    for deployment in config.enabled_deployments() {
+        Queue::open(deploy_queue_dir(&config, &deployment.name))?;
+    }
+    let ledger = Ledger::open(&config.effective_database_url())
+        .await
+        .context("cannot open the ledger")?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+
+    // The HTTP endpoint and the dispatcher each stop on their own token, so that shutdown can
+    // stop intake before anything behind it.
+    let http_stop = CancellationToken::new();
+    let dispatch_stop = CancellationToken::new();
+
+    let app = http::app(AppState::new(&config, inbox));
+    let server = tokio::spawn({
+        let stop = http_stop.clone();
+        async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        }
+    });
+    let dispatcher = tokio::spawn(dispatch::run(
+        Arc::clone(&config),
+        ledger.clone(),
+        dispatch_stop.clone(),
+    ));
+    let workers = match crate::worker::start(Arc::clone(&config), ledger, shutdown.clone()).await {
+        Ok(w) => w,
+        Err(e) => {
+            http_stop.cancel();
+            dispatch_stop.cancel();
+            let _ = server.await;
+            let _ = dispatcher.await;
+            return Err(e).context("cannot start the workers");
+        }
+    };
+    tracing::info!(%addr, deployments = config.enabled_deployments().count(), "listening");
+    ready(addr);
+
+    let (mut server, mut dispatcher) = (Some(server), Some(dispatcher));
+    // A component that stops by itself is fatal: stop the rest and report it.
+    let failure: Option<anyhow::Error> = tokio::select! {
+        () = shutdown.cancelled() => None,
+        r = server.as_mut().expect("set above") => {
+            server = None;
+            Some(match r {
+                Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped"),
+                Ok(Err(e)) => anyhow::Error::from(e).context("the HTTP server failed"),
+                Err(e) => anyhow::Error::from(e).context("the HTTP server panicked"),
+            })
+        }
+        r = dispatcher.as_mut().expect("set above") => {
+            dispatcher = None;
+            Some(match r {
+                Ok(Ok(())) => anyhow::anyhow!("the dispatcher stopped"),
+                Ok(Err(e)) => anyhow::Error::from(e).context("the dispatcher failed"),
+                Err(e) => anyhow::Error::from(e).context("the dispatcher panicked"),
+            })
+        }
+    };
+    tracing::info!("stopping");
+    http_stop.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    dispatch_stop.cancel();
+    if let Some(dispatcher) = dispatcher {
+        let _ = dispatcher.await;
+    }
+    shutdown.cancel();
+    workers.wait().await;
+    tracing::info!("stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

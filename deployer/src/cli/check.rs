@@ -1,6 +1,9 @@
-//! Filled by the work that owns this subcommand.
+//! `durhack-deployer check`: validates the configuration (including that the secrets it names can
+//! be read) without touching the database or the state directory.
 
 use std::process::ExitCode;
+
+use crate::config::Config;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -9,6 +12,35 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("not implemented yet")
+    let config = match Config::load(&args.config.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", args.config.config.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let enabled = config.enabled_deployments().count();
+    println!(
+        "{}: ok: listen {}, state {}, ledger {}, {} deployment(s), {enabled} enabled",
+        args.config.config.display(),
+        config.listen,
+        config.state_dir.display(),
+        match &config.database_url {
+            None => "SQLite in the state directory",
+            Some(u) if u.starts_with("sqlite:") => "SQLite",
+            Some(_) => "PostgreSQL",
+        },
+        config.deployments.len(),
+    );
+    for d in config.deployments.values() {
+        println!(
+            "  {}: {} {} -> {}{}",
+            d.name,
+            d.repository,
+            d.branch,
+            d.path.display(),
+            if d.enabled { "" } else { " (disabled)" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,14 +1,143 @@
-//! Filled by the work that owns this subcommand.
+//! `durhack-deployer history [--json] [--limit N]`: received deliveries, newest first, and what
+//! became of each. Reads the ledger only, so it is safe while the daemon runs.
 
 use std::process::ExitCode;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::status::timestamp;
+use crate::config::Config;
+use crate::ledger::{DeliveryRecord, Ledger};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     config: super::ConfigArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// How many deliveries to show.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
+    limit: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct Item {
+    delivery: String,
+    event: String,
+    /// RFC 3339, UTC.
+    received_at: String,
+    received_at_ms: i64,
+    handled_at: String,
+    /// routed, duplicate or ignored.
+    outcome: &'static str,
+    reason: String,
+    deployments: Vec<String>,
+    repository: Option<String>,
+    branch: Option<String>,
+    sha: Option<String>,
+    hook_id: Option<String>,
+    entry: String,
+}
+
+impl From<DeliveryRecord> for Item {
+    fn from(r: DeliveryRecord) -> Self {
+        Self {
+            delivery: r.delivery,
+            event: r.event,
+            received_at: timestamp(r.received_at),
+            received_at_ms: r.received_at,
+            handled_at: timestamp(r.handled_at),
+            outcome: r.outcome.as_str(),
+            reason: r.reason,
+            deployments: r.deployments,
+            repository: r.repository,
+            branch: r.branch,
+            sha: r.sha,
+            hook_id: r.hook_id,
+            entry: r.entry,
+        }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("not implemented yet")
+    let config = Config::load(&args.config.config)?;
+    if config.database_url.is_none() {
+        let file = config.state_dir.join("ledger.sqlite3");
+        anyhow::ensure!(
+            file.exists(),
+            "no ledger at {} yet (the daemon creates it when it starts)",
+            file.display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let records = runtime
+        .block_on(async {
+            let ledger = Ledger::connect(&config.effective_database_url()).await?;
+            ledger.delivery_history(args.limit).await
+        })
+        .context("cannot read the ledger (has `durhack-deployer migrate` run?)")?;
+    let items: Vec<Item> = records.into_iter().map(Item::from).collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else {
+        print_table(&items);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(items: &[Item]) {
+    if items.is_empty() {
+        println!("no deliveries yet");
+        return;
+    }
+    let rows: Vec<[String; 6]> = items
+        .iter()
+        .map(|i| {
+            [
+                i.received_at.clone(),
+                i.delivery.clone(),
+                i.event.clone(),
+                i.outcome.to_owned(),
+                if i.deployments.is_empty() {
+                    "-".to_owned()
+                } else {
+                    i.deployments.join(",")
+                },
+                i.reason.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "RECEIVED",
+        "DELIVERY",
+        "EVENT",
+        "OUTCOME",
+        "DEPLOYMENTS",
+        "REASON",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(&header.map(str::to_owned));
+    for row in &rows {
+        line(row);
+    }
 }

@@ -1,6 +1,13 @@
-//! Filled by the work that owns this subcommand.
+//! `durhack-deployer serve`: the daemon. Logs go to stderr (the journal under systemd);
+//! SIGTERM or SIGINT stops it gracefully; with `NOTIFY_SOCKET` set (systemd `Type=notify`) it
+//! reports READY=1 once it is listening.
 
 use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -9,6 +16,70 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("not implemented yet")
+    init_logging();
+    let config = Config::load(&args.config.config)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            let signal = wait_for_signal().await;
+            tracing::info!(signal, "stopping");
+            notify_systemd("STOPPING=1");
+            on_signal.cancel();
+        });
+        crate::daemon::run_with_ready(config, shutdown, |addr| {
+            notify_systemd(&format!("READY=1\nSTATUS=listening on {addr}"));
+        })
+        .await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// SIGTERM or SIGINT, whichever comes first.
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// The sd_notify protocol: one datagram to `$NOTIFY_SOCKET` (a path, or `@name` for the abstract
+/// namespace). Failing to notify is logged, not fatal: systemd will time the start-up out.
+fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let result = (|| {
+        let bytes = target.as_encoded_bytes();
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(&target)?,
+        };
+        UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)
+    })();
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
