@@ -4,7 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
@@ -62,12 +62,10 @@ fn read_current(path: &Path) -> io::Result<Option<Vec<u8>>> {
         .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(path);
     match file {
-        Ok(mut f) => {
+        Ok(f) => {
             let mut buf = Vec::new();
             // Bounded: a conf we wrote is at most 64 KiB; anything bigger was not ours.
-            Read::by_ref(&mut f)
-                .take(1024 * 1024)
-                .read_to_end(&mut buf)?;
+            f.take(1024 * 1024).read_to_end(&mut buf)?;
             Ok(Some(buf))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -75,18 +73,11 @@ fn read_current(path: &Path) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-fn temp_path(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    target.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
 /// Writes `content` to `target` atomically: exclusive create of a temporary sibling (never
 /// following a link), fsync, rename over the target, fsync the directory.
 fn write_atomic(target: &Path, content: &[u8]) -> io::Result<()> {
-    let tmp = temp_path(target);
+    // `<site>.conf.tmp-<pid>`: not matched by an `include conf.d/*.conf` meanwhile.
+    let tmp = target.with_extension(format!("conf.tmp-{}", std::process::id()));
     // A leftover from a crash is ours to clean up (the directory is root's alone).
     let _ = fs::remove_file(&tmp);
     let result = (|| {

@@ -161,15 +161,7 @@ fn serve_one(policy: &Policy, mut stream: UnixStream) {
             &mut stream,
             &Response::error(ErrorCode::PeerRefused, "not the policy's client user"),
         );
-        tracing::warn!(
-            peer_uid = uid,
-            peer_pid = pid,
-            verb = "-",
-            site = "-",
-            decision = "refused: wrong peer uid",
-            duration_ms = 0
-        );
-        return;
+        return log_request((uid, pid), "-", "-", "refused: wrong peer uid", started);
     }
     // One deadline for the whole request, so a client dripping bytes cannot hold us either.
     let mut reader = Deadline {
@@ -180,13 +172,8 @@ fn serve_one(policy: &Policy, mut stream: UnixStream) {
     let (verb, site, response) = match request {
         Ok(req) => {
             let response = actions::handle(policy, &req);
-            (
-                req.verb(),
-                req.site()
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                response,
-            )
+            let site = req.site().map_or("-".into(), |s| s.to_string());
+            (req.verb(), site, response)
         }
         Err(e) => {
             // Drain (bounded, under the read timeout) what the peer sent, so closing with unread
@@ -217,9 +204,15 @@ fn serve_one(policy: &Policy, mut stream: UnixStream) {
     };
     let written =
         frame::write(&mut stream, &response).and_then(|()| stream.flush().map_err(FrameError::Io));
-    let duration_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(peer_uid = uid, peer_pid = pid, verb, site = %site, decision = %decision, duration_ms);
+    log_request((uid, pid), verb, &site, &decision, started);
     if let Err(e) = written {
         tracing::warn!(peer_pid = pid, "could not send the response: {e}");
     }
+}
+
+/// The one log line per request.
+fn log_request(peer: (u32, i32), verb: &str, site: &str, decision: &str, started: Instant) {
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let (peer_uid, peer_pid) = peer;
+    tracing::info!(peer_uid, peer_pid, verb, site, decision, duration_ms);
 }
