@@ -94,6 +94,10 @@ impl Ctx<'_> {
             if matches!(d.name.as_str(), "listen" | "server_name") && !in_server {
                 return Err(refuse(d, "allowed only directly in server"));
             }
+            // try_files, index, error_page... name files relative to root: no climbing out.
+            if d.args.iter().any(|a| a.split('/').any(|c| c == "..")) {
+                return Err(refuse(d, "\"..\" is not allowed in any argument"));
+            }
             self.args(d)?;
         }
         Ok(())
@@ -277,6 +281,9 @@ mod tests {
             "# hide\nload_module /tmp/x.so;",
             "add_header X 1; # ok\n  user root;",
             "types { text/html html; }",
+            "location /x { try_files /../../../etc/shadow =404; }",
+            "index ../../secret;",
+            "error_page 404 /../x;",
             "upstream x { server 127.0.0.1; }",
         ];
         for body in refused_in_server {
