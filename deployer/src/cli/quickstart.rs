@@ -162,6 +162,7 @@ then watch the deploy in the log below, and look at the result:
 
   cat {d}/app/built.txt
   {exe} status --config {c}
+  {exe} logs --config {c} {DEMO_DEPLOYMENT}
 
 Ctrl-C stops it; running quickstart again carries on where it left off.
 "
@@ -174,6 +175,8 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
@@ -186,7 +189,10 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             wait_for_signal().await;
             std::process::exit(130);
         });
-        crate::run(config, shutdown).await
+        crate::daemon::run_with_ready(config, shutdown, |addr| {
+            eprintln!("ready: listening on http://{addr}/github-webhook, send a push now");
+        })
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }
