@@ -499,3 +499,55 @@ fn units_verify_and_stay_under_their_exposure_ceilings() {
     assert!(score("durhack-deployer.service") < 2.0, "{stdout}");
     assert!(score("durhack-privhelper.service") < 3.0, "{stdout}");
 }
+
+#[test]
+fn example_config_is_valid_and_is_the_durhack_set_up() {
+    let text = std::fs::read_to_string(repo().join("deploy/config.example.toml")).unwrap();
+    let config = deployer::config::Config::parse(
+        &text,
+        Path::new("deploy/config.example.toml"),
+        Some("secret".into()),
+    )
+    .unwrap();
+    let sites: Vec<(&str, &str, &str, Vec<&str>)> = config
+        .deployments
+        .values()
+        .map(|d| {
+            (
+                d.name.as_str(),
+                d.branch.as_str(),
+                d.path.to_str().unwrap(),
+                d.sites.keys().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sites,
+        [
+            ("api", "main", "/var/www/durhack-api", vec!["api"]),
+            ("durhack", "main", "/var/www/durhack", vec!["durhack"]),
+            (
+                "durhack-staging",
+                "staging",
+                "/var/www/durhack-staging",
+                vec!["staging"]
+            ),
+        ]
+    );
+    for d in config.deployments.values() {
+        assert_eq!(d.repository, "ducompsoc/durhack");
+        let argv: Vec<String> = d.commands.iter().map(|c| c.argv.join(" ")).collect();
+        assert!(
+            argv.iter()
+                .any(|a| a.starts_with("pnpm install --frozen-lockfile")),
+            "{argv:?}"
+        );
+        assert!(argv.iter().any(|a| a.starts_with("pm2 ")), "{argv:?}");
+    }
+    // The installer prints the webhook URL from these.
+    assert_eq!(
+        config.public_url.as_deref(),
+        Some("https://deploy.durhack.com")
+    );
+    assert_eq!(config.listen.to_string(), "127.0.0.1:3400");
+}
