@@ -206,6 +206,10 @@ fn install_into_a_scratch_root_sets_every_owner_and_mode() {
         "useradd",
         prereq::have_program("useradd") || prereq::have_program("/usr/sbin/useradd"),
         "the installer creates the system user with useradd --prefix",
+    ) || !prereq::require(
+        "systemctl",
+        prereq::have_program("systemctl"),
+        "the installer enables the units with systemctl --root",
     ) {
         return;
     }
