@@ -242,11 +242,27 @@ do_install() {
         put 0644 0 0 "$repo/deploy/$u" "$unitdir/$u"
     done
     say "installed the units in $unitdir"
+
+    # On a real install, check the config as the service will read it: as the service user,
+    # which also proves the group can read the config and the secret.
+    local config_ok=1
+    if [ -z "$R" ] && command -v runuser >/dev/null 2>&1; then
+        if runuser -u "$USER_NAME" -- "$bindir/durhack-deployer" check --config "$confdir/config.toml" >/dev/null; then
+            say "config checks out (durhack-deployer check, as $USER_NAME)"
+        else
+            config_ok=0
+            say "warning: $confdir/config.toml does not check yet (above); fix it before starting"
+        fi
+    fi
+
     if live_systemd; then
         systemctl daemon-reload
         systemctl enable --quiet "${enable_units[@]}"
-        # An upgrade: restart what was running so the new binaries are used.
-        systemctl try-restart durhack-privhelper.service durhack-deployer.service
+        # An upgrade: restart what was running so the new binaries are used (not onto a
+        # config that would stop it).
+        if [ "$config_ok" = 1 ]; then
+            systemctl try-restart durhack-privhelper.service durhack-deployer.service
+        fi
     elif ! systemctl_offline enable --quiet "${enable_units[@]}"; then
         say "warning: could not enable the units (no systemctl); enable ${enable_units[*]} yourself"
     fi

@@ -10,6 +10,8 @@ use std::process::Command;
 
 use testkit::prereq;
 
+const EXE: &str = env!("CARGO_BIN_EXE_durhack-deployer");
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -554,4 +556,137 @@ fn example_config_is_valid_and_is_the_durhack_set_up() {
         Some("https://deploy.durhack.com")
     );
     assert_eq!(config.listen.to_string(), "127.0.0.1:3400");
+}
+
+/// The real-install branch (no `--root`): `useradd` into the system's own user database, and the
+/// config checked by the real binary as the service user. Run in a chroot onto an overlay of `/`
+/// inside a private mount namespace, so every write lands in a scratch upper directory and the
+/// real system never changes.
+#[test]
+fn real_install_in_an_overlay_of_the_system() {
+    if !prereq::require(
+        "root",
+        prereq::is_root(),
+        "mounting an overlay and chrooting need root",
+    ) || !prereq::require(
+        "unshare, chroot and runuser",
+        ["unshare", "chroot", "runuser"]
+            .iter()
+            .all(|p| prereq::have_program(p) || prereq::have_program(&format!("/usr/sbin/{p}"))),
+        "the overlay chroot is set up with util-linux",
+    ) {
+        return;
+    }
+    let real_before = real_system_state();
+    let user_before = Command::new("id")
+        .arg("durhack-deployer")
+        .output()
+        .unwrap()
+        .status
+        .success();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    for d in ["upper", "work", "merged", "bins"] {
+        std::fs::create_dir(t.join(d)).unwrap();
+    }
+    std::fs::copy(EXE, t.join("bins/durhack-deployer")).unwrap();
+    std::fs::write(
+        t.join("bins/durhack-privhelper"),
+        "#!/bin/sh\necho privhelper\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("0755")
+        .arg(t.join("bins/durhack-privhelper"))
+        .status()
+        .unwrap();
+
+    // Inside the chroot the repository and binaries are bind-mounted at /mnt/dd-*; the overlay
+    // covers only /'s own file system, so they are mounted explicitly.
+    let script = format!(
+        r#"set -eu
+t={t}
+mount -t overlay overlay -o lowerdir=/,upperdir=$t/upper,workdir=$t/work $t/merged
+mount --bind /proc $t/merged/proc
+mount --bind /dev $t/merged/dev
+mkdir -p $t/merged/mnt/dd-src $t/merged/mnt/dd-bins
+mount --bind {repo} $t/merged/mnt/dd-src
+mount --bind $t/bins $t/merged/mnt/dd-bins
+chroot $t/merged /bin/bash -c '
+    set -eu
+    i="/mnt/dd-src/deploy/install.sh --bin-dir /mnt/dd-bins"
+    $i
+    echo "=== second run"
+    $i
+    echo "=== uninstall"
+    $i --uninstall
+    echo "=== reinstall"
+    $i
+    echo "=== state"
+    id -u durhack-deployer; id -g durhack-deployer
+    getent passwd durhack-deployer
+    stat -c "%n %u %g %a" /etc/durhack-deployer /etc/durhack-deployer/config.toml \
+        /etc/durhack-deployer/webhook-secret /etc/durhack-deployer/privhelper.toml \
+        /var/lib/durhack-deployer /var/log/durhack-deployer /var/www/durhack \
+        /usr/local/bin/durhack-deployer /etc/systemd/system/durhack-deployer.service
+'
+"#,
+        t = t.display(),
+        repo = repo().display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the install in the overlay failed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(
+        stdout.matches("config checks out").count(),
+        3,
+        "each install checks the config as the service user, who can read it and the secret:\n{stdout}"
+    );
+    assert_eq!(stdout.matches("created system user").count(), 1, "{stdout}");
+    let state = stdout.split("=== state\n").nth(1).unwrap();
+    let mut lines = state.lines();
+    let uid: u32 = lines.next().unwrap().parse().unwrap();
+    let gid: u32 = lines.next().unwrap().parse().unwrap();
+    assert!((1..1000).contains(&uid), "a system uid: {uid}");
+    let passwd = lines.next().unwrap();
+    assert!(
+        passwd.ends_with(":/var/lib/durhack-deployer:/usr/sbin/nologin"),
+        "{passwd}"
+    );
+    let stats: Vec<&str> = lines.collect();
+    let expected = [
+        format!("/etc/durhack-deployer 0 {gid} 750"),
+        format!("/etc/durhack-deployer/config.toml 0 {gid} 640"),
+        format!("/etc/durhack-deployer/webhook-secret 0 {gid} 640"),
+        "/etc/durhack-deployer/privhelper.toml 0 0 644".to_owned(),
+        format!("/var/lib/durhack-deployer {uid} {gid} 750"),
+        format!("/var/log/durhack-deployer {uid} {gid} 750"),
+        format!("/var/www/durhack {uid} {gid} 755"),
+        "/usr/local/bin/durhack-deployer 0 0 755".to_owned(),
+        "/etc/systemd/system/durhack-deployer.service 0 0 644".to_owned(),
+    ];
+    assert_eq!(stats, expected);
+
+    assert_eq!(
+        real_system_state(),
+        real_before,
+        "the real system is untouched"
+    );
+    let user_after = Command::new("id")
+        .arg("durhack-deployer")
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert_eq!(
+        user_after, user_before,
+        "no user was added to the real system"
+    );
 }
