@@ -179,21 +179,33 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let on_signal = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            eprintln!("stopping (Ctrl-C again to force)");
-            on_signal.cancel();
-            wait_for_signal().await;
-            std::process::exit(130);
-        });
-        crate::daemon::run_with_ready(config, shutdown, |addr| {
-            eprintln!("ready: listening on http://{addr}/github-webhook, send a push now");
+    let listen = config.listen;
+    runtime
+        .block_on(async move {
+            let shutdown = CancellationToken::new();
+            let on_signal = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                eprintln!("stopping (Ctrl-C again to force)");
+                on_signal.cancel();
+                wait_for_signal().await;
+                std::process::exit(130);
+            });
+            crate::daemon::run_with_ready(config, shutdown, |addr| {
+                eprintln!("ready: listening on http://{addr}/github-webhook, send a push now");
+            })
+            .await
         })
-        .await
-    })?;
+        .map_err(|e| {
+            // The usual first-run stumble: another quickstart (or anything) already on the port.
+            if format!("{e:#}").contains("cannot listen") {
+                e.context(format!(
+                    "is something else on {listen}? pass --listen 127.0.0.1:<another port>"
+                ))
+            } else {
+                e
+            }
+        })?;
     Ok(ExitCode::SUCCESS)
 }
 
