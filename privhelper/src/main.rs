@@ -75,7 +75,7 @@ fn run() -> Result<(), String> {
     } else if !is_root {
         return Err("must run as root (use --dev-insecure only for development)".into());
     }
-    let policy = Policy::load(&args.policy).map_err(|e| e.to_string())?;
+    let policy = Policy::load(&args.policy)?;
     if !args.dev_insecure {
         policy
             .check_ownership(&args.policy)
@@ -90,12 +90,12 @@ fn run() -> Result<(), String> {
         );
         return Ok(());
     }
-    let listener = server::listen(&policy).map_err(|e| e.to_string())?;
+    let listener = server::listen(&policy)?;
     if is_root {
-        server::drop_privileges().map_err(|e| e.to_string())?;
+        server::drop_privileges()?;
     } else {
         tracing::warn!("*** not root (--dev-insecure): capabilities are not dropped ***");
     }
     tracing::info!(socket = %policy.socket.display(), client_uid = policy.client_uid, "serving");
-    server::serve(&policy, &listener).map_err(|e| e.to_string())
+    server::serve(&policy, &listener)
 }

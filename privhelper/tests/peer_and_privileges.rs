@@ -212,6 +212,14 @@ fn check_subcommand_prints_what_the_policy_allows_and_refuses_unsafe_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Unless the development switch is given, which says so loudly.
+    let out = Command::new(testkit::privhelper::binary())
+        .args(["check", "--dev-insecure", "--policy"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dev-insecure: NOT checking"));
     std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     // So is a conf dir writable by others.
