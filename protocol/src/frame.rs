@@ -44,6 +44,8 @@ pub enum FrameError {
     Decode(String),
     #[error("{0} trailing bytes after the frame body")]
     TrailingBytes(usize),
+    #[error("frame body is not in canonical encoding")]
+    NonCanonical,
     #[error("cannot encode: {0}")]
     Encode(String),
 }
@@ -89,18 +91,24 @@ pub fn parse_header(header: &[u8; HEADER_BYTES]) -> Result<usize, FrameError> {
     Ok(len as usize)
 }
 
-/// Decodes a body, which must be consumed exactly.
-pub fn decode_body<T: Decode<()>>(body: &[u8]) -> Result<T, FrameError> {
+/// Decodes a body, which must be consumed exactly and be the canonical encoding of what it
+/// decodes to: bincode also accepts over-long varints, and one value must have one encoding.
+pub fn decode_body<T: Decode<()> + Encode>(body: &[u8]) -> Result<T, FrameError> {
     let (value, used) = bincode::decode_from_slice(body, config())
         .map_err(|e| FrameError::Decode(e.to_string()))?;
     if used != body.len() {
         return Err(FrameError::TrailingBytes(body.len() - used));
     }
+    let again =
+        bincode::encode_to_vec(&value, config()).map_err(|e| FrameError::Encode(e.to_string()))?;
+    if again != body {
+        return Err(FrameError::NonCanonical);
+    }
     Ok(value)
 }
 
 /// Decodes one complete frame held in `bytes`; anything after it is an error.
-pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, FrameError> {
+pub fn decode<T: Decode<()> + Encode>(bytes: &[u8]) -> Result<T, FrameError> {
     let Some(header) = bytes.first_chunk::<HEADER_BYTES>() else {
         return Err(FrameError::Truncated {
             got: bytes.len(),
@@ -147,7 +155,7 @@ fn read_full(
 /// Reads one frame from a stream. The body buffer is allocated only after the header has been
 /// checked, and never larger than [`MAX_FRAME_BYTES`]. Whatever follows on the stream is left
 /// unread (see [`read_exact_one`]).
-pub fn read<T: Decode<()>>(reader: &mut impl Read) -> Result<T, FrameError> {
+pub fn read<T: Decode<()> + Encode>(reader: &mut impl Read) -> Result<T, FrameError> {
     let mut header = [0u8; HEADER_BYTES];
     read_full(reader, &mut header, 0, HEADER_BYTES)?;
     let len = parse_header(&header)?;
@@ -158,7 +166,7 @@ pub fn read<T: Decode<()>>(reader: &mut impl Read) -> Result<T, FrameError> {
 
 /// Reads one frame and then requires end of stream: a peer that sends more than one frame
 /// (or garbage after it) is refused.
-pub fn read_exact_one<T: Decode<()>>(reader: &mut impl Read) -> Result<T, FrameError> {
+pub fn read_exact_one<T: Decode<()> + Encode>(reader: &mut impl Read) -> Result<T, FrameError> {
     let value = read(reader)?;
     let mut extra = [0u8; 1];
     loop {

@@ -348,6 +348,31 @@ fn decoding_validates() {
 }
 
 #[test]
+fn non_canonical_encodings_are_refused() {
+    // Found by the frame_decode fuzz target: the variant index 0 as an over-long varint
+    // (0xFB then a u16 zero) decoded to the same value as the canonical single byte.
+    let crash = b"DHPH\x00\x00\x00\x01\x00\x00\x00\x04\xfb\x00\x00\x68";
+    assert!(matches!(
+        frame::decode::<Response>(crash),
+        Err(FrameError::NonCanonical)
+    ));
+    let canonical = frame::encode(&Response::Hello { version: 0x68 }).unwrap();
+    assert_eq!(
+        frame::decode::<Response>(&canonical).unwrap(),
+        Response::Hello { version: 0x68 }
+    );
+    // The same trick inside a string length.
+    let mut body = vec![2u8, 0xFB, 7, 0];
+    body.extend_from_slice(b"durhack");
+    let mut bytes = header(PROTOCOL_VERSION, body.len() as u32);
+    bytes.extend_from_slice(&body);
+    assert!(matches!(
+        frame::decode::<Request>(&bytes),
+        Err(FrameError::NonCanonical)
+    ));
+}
+
+#[test]
 fn random_bytes_never_panic() {
     // A small xorshift generator: deterministic, no dependency.
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
