@@ -47,17 +47,7 @@ pub async fn run_with_ready(
     let dispatch_stop = CancellationToken::new();
 
     let app = http::app(AppState::new(&config, inbox));
-    let server = tokio::spawn({
-        let stop = http_stop.clone();
-        async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        }
-    });
+    let server = tokio::spawn(http::serve(listener, app, http_stop.clone()));
     let dispatcher = tokio::spawn(dispatch::run(
         Arc::clone(&config),
         ledger.clone(),
@@ -83,8 +73,7 @@ pub async fn run_with_ready(
         r = server.as_mut().expect("set above") => {
             server = None;
             Some(match r {
-                Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped"),
-                Ok(Err(e)) => anyhow::Error::from(e).context("the HTTP server failed"),
+                Ok(()) => anyhow::anyhow!("the HTTP server stopped"),
                 Err(e) => anyhow::Error::from(e).context("the HTTP server panicked"),
             })
         }

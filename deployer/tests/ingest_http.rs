@@ -399,3 +399,52 @@ async fn an_unwritable_inbox_answers_503_and_keeps_nothing() {
         "no leftovers"
     );
 }
+
+/// Over a real socket: the peer address reaches `allowed_networks`, and a client that trickles
+/// its headers is cut off.
+#[tokio::test]
+async fn the_server_passes_the_peer_address_and_cuts_off_slow_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    for (networks, want) in [("127.0.0.0/8", 202), ("10.0.0.0/8", 403)] {
+        let f = fixture(&format!("[github]\nallowed_networks = [\"{networks}\"]"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(deployer::http::serve_with_header_timeout(
+            listener,
+            app(f.state.clone()),
+            stop.clone(),
+            Duration::from_millis(300),
+        ));
+        let body = to_vec(&ping("octo-org/site"));
+        let status = reqwest::Client::new()
+            .post(format!("http://{addr}/github-webhook"))
+            .header("content-type", "application/json")
+            .header("x-github-event", "ping")
+            .header("x-github-delivery", "tcp-1")
+            .header("x-hub-signature-256", sign(SECRET.as_bytes(), &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), want, "{networks}");
+
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"POST /github-webhook HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        // Ends (EOF or reset) once the header deadline passes; the bound only stops a hang.
+        let ended =
+            tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "the server kept a half-sent request open");
+
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the server stops on shutdown")
+            .unwrap();
+    }
+}

@@ -2,6 +2,7 @@
 //! inbox before answering 202; `GET /` says the service is up. Nothing here waits for the
 //! database or for a deploy, so GitHub's 10-second deadline only covers a verified fsync.
 
+mod serve;
 pub mod signature;
 mod source;
 mod webhook;
@@ -15,6 +16,8 @@ use axum::routing::{get, post};
 
 use crate::config::{Config, IpNetwork, Secret};
 use crate::queue::Queue;
+
+pub use serve::{HEADER_READ_TIMEOUT, serve, serve_with_header_timeout};
 
 /// GitHub caps webhook payloads at 25 MiB; anything longer is not from GitHub.
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
@@ -67,8 +70,7 @@ impl AppState {
     }
 }
 
-/// The router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so that
-/// `allowed_networks` can see the peer address.
+/// The router. [`serve`] gives it the peer address that `allowed_networks` needs.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(health))
