@@ -99,6 +99,10 @@ pub enum DispatchError {
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Entries read per batch: entries are handled one by one, and a backlog of 25 MiB deliveries
+/// must not be read into memory at once.
+const BATCH: usize = 32;
+
 /// Drains the inbox until `shutdown` is cancelled.
 pub async fn run(
     config: Arc<Config>,
@@ -109,7 +113,7 @@ pub async fn run(
     let mut consumer = inbox.consumer()?;
     let mut backoff = BACKOFF_MIN;
     loop {
-        let batch = consumer.next_batch(&shutdown).await?;
+        let batch = consumer.next_batch_up_to(&shutdown, BATCH).await?;
         if batch.is_empty() {
             return Ok(());
         }

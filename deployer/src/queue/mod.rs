@@ -318,11 +318,21 @@ impl Consumer {
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<Vec<Entry>, QueueError> {
+        self.next_batch_up_to(shutdown, usize::MAX).await
+    }
+
+    /// [`Consumer::next_batch`], returning at most `max` entries (the first ones in name order),
+    /// so that a long backlog of large entries is not read into memory at once.
+    pub async fn next_batch_up_to(
+        &mut self,
+        shutdown: &CancellationToken,
+        max: usize,
+    ) -> Result<Vec<Entry>, QueueError> {
         loop {
             if shutdown.is_cancelled() {
                 return Ok(Vec::new());
             }
-            let batch = self.scan()?;
+            let batch = self.scan(max.max(1))?;
             if !batch.is_empty() {
                 return Ok(batch);
             }
@@ -334,9 +344,12 @@ impl Consumer {
         }
     }
 
-    fn scan(&mut self) -> Result<Vec<Entry>, QueueError> {
+    fn scan(&mut self, max: usize) -> Result<Vec<Entry>, QueueError> {
         let mut batch = Vec::new();
         for name in self.queue.list()? {
+            if batch.len() >= max {
+                break;
+            }
             if self.handed_out.contains(&name) {
                 continue;
             }
@@ -461,6 +474,21 @@ mod tests {
         let token = CancellationToken::new();
         token.cancel();
         assert!(c.next_batch(&token).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn batches_can_be_bounded() {
+        let (_d, q) = queue();
+        let pushed: Vec<String> = (0..5)
+            .map(|i| q.push(&format!("k{i}"), b"x").unwrap())
+            .collect();
+        let mut c = q.consumer().unwrap();
+        let token = CancellationToken::new();
+        let first = c.next_batch_up_to(&token, 2).await.unwrap();
+        assert_eq!(names(&first), vec![pushed[0].as_str(), pushed[1].as_str()]);
+        let rest = c.next_batch_up_to(&token, 10).await.unwrap();
+        assert_eq!(rest.len(), 3);
+        assert_eq!(rest[0].name, pushed[2]);
     }
 
     #[tokio::test]
