@@ -307,8 +307,27 @@ domains = ["durhack.com", "www.durhack.com"]
             "client_user = \"root\"",
         );
         let p = Policy::parse(&text).unwrap();
-        assert_eq!(p.sites.len(), 4);
         assert_eq!(p.certbot.renew_before, Duration::from_secs(30 * 86_400));
+
+        // The shipped policy and the shipped deployer config describe the same machine: every
+        // site a deployment publishes is allowed, and every deployment path is an allowed root.
+        let example: toml::Table =
+            toml::from_str(include_str!("../../deploy/config.example.toml")).unwrap();
+        let mut config_sites = Vec::new();
+        for (name, d) in example["deployments"].as_table().unwrap() {
+            let path = PathBuf::from(d["path"].as_str().unwrap());
+            assert!(
+                p.allowed_roots.contains(&path),
+                "{name}: {path:?} not an allowed root"
+            );
+            if let Some(sites) = d.get("sites").and_then(|s| s.as_table()) {
+                config_sites.extend(sites.keys().cloned());
+            }
+        }
+        config_sites.sort();
+        let mut policy_sites: Vec<String> = p.sites.keys().map(|s| s.to_string()).collect();
+        policy_sites.sort();
+        assert_eq!(policy_sites, config_sites);
     }
 
     #[test]
