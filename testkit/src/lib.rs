@@ -3,9 +3,9 @@
 //! A test that needs something this machine lacks calls [`prereq::require`]: under `CI=true` that
 //! fails the test loudly; elsewhere it prints why and the test returns early.
 
-pub mod prereq;
 pub mod git;
 pub mod nginx;
 pub mod pebble;
+pub mod prereq;
 pub mod privhelper;
 pub mod services;
