@@ -212,6 +212,14 @@ async fn ingest(
             format!("encoding the inbox entry: {e}"),
         )
     })?;
+    // `RawValue` checks no nesting depth, but the dispatcher reads the entry back with
+    // serde_json's depth limit: refuse here what it would set aside unread.
+    if let Err(e) = serde_json::from_slice::<InboxEntry<serde_json::Value>>(&bytes) {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            format!("the payload is not usable JSON: {e}"),
+        ));
+    }
     let inbox = inner.inbox.clone();
     let key = delivery.clone();
     let written = tokio::task::spawn_blocking(move || inbox.push(&key, &bytes))
