@@ -89,12 +89,12 @@ impl Env {
     }
 
     /// Starts workers with a separate ledger connection and shutdown token, as another process
-    /// on the same state would have.
+    /// on the same state would have. [`Env::stop`] stops them too.
     pub async fn start_other(&mut self, config: Config) -> CancellationToken {
         let ledger = Ledger::open(&config.effective_database_url())
             .await
             .unwrap();
-        let token = CancellationToken::new();
+        let token = self.shutdown.child_token();
         let set = deployer::worker::start(Arc::new(config), ledger, token.clone())
             .await
             .expect("start workers");
@@ -190,5 +190,86 @@ pub async fn wait_for_file(path: &Path) {
             path.display()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The shared Redis at 127.0.0.1:6379, if it answers.
+pub fn shared_redis_url() -> Option<String> {
+    let available = redis_answers(6379);
+    testkit::prereq::require(
+        "redis at 127.0.0.1:6379",
+        available,
+        "lock tests against a real Redis",
+    )
+    .then(|| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn redis_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// A redis-server of the test's own on a free port, to stop and start again (never the shared
+/// one).
+#[derive(Debug)]
+pub struct PrivateRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Option<PrivateRedis> {
+        let have = testkit::prereq::have_program("redis-server");
+        if !testkit::prereq::require("redis-server", have, "Redis outage tests") {
+            return None;
+        }
+        let mut redis = PrivateRedis {
+            port: testkit::nginx::free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        redis.resume();
+        Some(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port, and waits until it answers.
+    pub fn resume(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let start = Instant::now();
+        while !redis_answers(self.port) {
+            assert!(start.elapsed() < DEADLINE, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
