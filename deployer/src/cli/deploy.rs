@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 
 use crate::config::Config;
 use crate::queue::Queue;
-use crate::worker::dispatch_shim::{DeployRequest, deploy_queue_dir};
+use crate::dispatch::{DeployRequest, deploy_queue_dir};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

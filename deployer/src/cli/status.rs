@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::ledger::Ledger;
 use crate::queue::Queue;
 use crate::worker::Run;
-use crate::worker::dispatch_shim::deploy_queue_dir;
+use crate::dispatch::deploy_queue_dir;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

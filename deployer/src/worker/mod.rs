@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use self::dispatch_shim::{DeployRequest, deploy_queue_dir};
+use crate::dispatch::{DeployRequest, deploy_queue_dir};
 pub use self::git::{is_commit_id, ls_remote_head};
 pub use self::record::{Run, RunStatus};
 pub use self::run::new_run_id;
@@ -294,26 +294,5 @@ async fn pause(shutdown: &CancellationToken) {
     tokio::select! {
         () = shutdown.cancelled() => {}
         () = tokio::time::sleep(PAUSE_AFTER_ERROR) => {}
-    }
-}
-
-// TEMPORARY until crate::dispatch lands.
-pub mod dispatch_shim {
-    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-    pub struct DeployRequest {
-        pub deployment: String,
-        pub delivery: String,
-        pub repository: String,
-        pub branch: String,
-        pub sha: String,
-        pub before: Option<String>,
-        pub received_at_ms: i64,
-        pub source: String,
-    }
-    pub fn deploy_queue_dir(
-        config: &crate::config::Config,
-        deployment: &str,
-    ) -> std::path::PathBuf {
-        config.queues_dir().join(format!("deploy-{deployment}"))
     }
 }

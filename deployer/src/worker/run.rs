@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::coalesce::{self, Candidate};
-use super::dispatch_shim::DeployRequest;
+use crate::dispatch::DeployRequest;
 use super::git::{GitError, Repo};
 use super::log::RunLog;
 use super::process::{self, ProcessError, Spawn};

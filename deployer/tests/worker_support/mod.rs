@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use deployer::config::Config;
 use deployer::ledger::Ledger;
 use deployer::queue::Queue;
-use deployer::worker::dispatch_shim::{DeployRequest, deploy_queue_dir};
+use deployer::dispatch::{DeployRequest, deploy_queue_dir};
 use deployer::worker::{Run, RunStatus, WorkerSet};
 use testkit::git::Remote;
 use tokio_util::sync::CancellationToken;
