@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deployer::config::Config;
+use deployer::dispatch::{DeployRequest, deploy_queue_dir};
 use deployer::ledger::Ledger;
 use deployer::queue::Queue;
-use deployer::dispatch::{DeployRequest, deploy_queue_dir};
 use deployer::worker::{Run, RunStatus, WorkerSet};
 use testkit::git::Remote;
 use tokio_util::sync::CancellationToken;
@@ -29,9 +29,15 @@ pub struct Env {
 /// TOML for a deployment `app` of `repo`, deployed to `<state>/app`, with `body` appended to its
 /// table (commands, timeout, sites) and `top` before it (redis_url, github, ...).
 pub fn config_text(state: &Path, repo: &Remote, top: &str, body: &str) -> String {
+    // Tests without sites get a socket nobody listens on.
+    let helper = if top.contains("helper_socket") {
+        String::new()
+    } else {
+        format!("helper_socket = \"{}/no-helper.sock\"", state.display())
+    };
     format!(
         r#"state_dir = "{state}"
-helper_socket = "{state}/no-helper.sock"
+{helper}
 {top}
 [deployments.app]
 repository = "test-owner/app"

@@ -1,0 +1,161 @@
+//! The sites step end to end: the real workers, the real `durhack-privhelper` and a real nginx.
+//! A push that adds `nginx/demo.conf` makes nginx serve the site, a push that breaks it fails
+//! the run while nginx keeps serving the previous version, and removing it removes the site.
+
+mod worker_support;
+
+use std::time::{Duration, Instant};
+
+use deployer::worker::RunStatus;
+use testkit::nginx::Nginx;
+use testkit::privhelper::{PolicySpec, PrivHelper};
+use worker_support::{Env, with_status};
+
+fn conf(nginx: &Nginx, body: &str) -> String {
+    format!(
+        "server {{\n    listen {};\n    server_name demo.test;\n    location / {{\n        {body}\n    }}\n}}\n",
+        nginx.listen()
+    )
+}
+
+/// Waits until nginx answers `demo.test/` with `expected` (a reload takes effect as the old
+/// workers finish); a 404 is nginx's own page, whatever its body.
+fn wait_for_page(nginx: &Nginx, expected: (u16, &str)) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = nginx.get("demo.test", "/");
+        if status == expected.0 && (status == 404 || body.trim() == expected.1) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "nginx answers {status} {body:?}, not {expected:?}; error log:\n{}",
+            nginx.error_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn finished(env: &Env, n: usize) -> Vec<deployer::worker::Run> {
+    env.wait_runs(&format!("run {n} to finish"), |r| {
+        with_status(r, RunStatus::Success).len() + with_status(r, RunStatus::Failed).len() == n
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_publish_break_and_remove_an_nginx_site_through_the_helper() {
+    let Some(nginx) = Nginx::start() else {
+        return;
+    };
+    let calls = tempfile::tempdir().unwrap();
+    let calls_file = calls.path().join("certbot.calls");
+    let mut spec = PolicySpec::new(&nginx).site("demo", &["demo.test"]);
+    // A stand-in certbot that records what it was asked: the certificate itself is the helper's
+    // business (tested there against pebble).
+    spec.certbot_argv = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("echo \"$*\" >> {}", calls_file.display()),
+        "certbot".into(),
+    ];
+    let Some(helper) = PrivHelper::start(&nginx, &spec) else {
+        return;
+    };
+    let mut env = Env::new(
+        &format!("helper_socket = \"{}\"", helper.socket().display()),
+        r#"commands = [["true"]]
+sites = { demo = "nginx/demo.conf" }"#,
+    )
+    .await;
+    env.start().await;
+
+    // 1. No conf in the repository yet: nothing is served.
+    let c1 = env.repo.commit("readme", &[("README", "demo\n")]);
+    env.repo.push();
+    env.enqueue(&c1, "d1");
+    let runs = finished(&env, 1).await;
+    assert_eq!(
+        runs[0].status,
+        RunStatus::Success,
+        "{runs:#?}\n{}",
+        helper.log()
+    );
+    assert!(!nginx.sites_dir().join("demo.conf").exists());
+
+    // 2. A push that adds the conf publishes the site and asks for its certificate.
+    let c2 = env.repo.commit(
+        "add the site",
+        &[("nginx/demo.conf", &conf(&nginx, "return 200 \"v1\";"))],
+    );
+    env.repo.push();
+    env.enqueue(&c2, "d2");
+    let runs = finished(&env, 2).await;
+    assert_eq!(
+        runs[1].status,
+        RunStatus::Success,
+        "{runs:#?}\n{}\n{}",
+        env.log_of(&runs[1]),
+        helper.log()
+    );
+    wait_for_page(&nginx, (200, "v1"));
+    let certbot = std::fs::read_to_string(&calls_file).unwrap_or_default();
+    assert!(
+        certbot.contains("--cert-name demo") && certbot.contains("-d demo.test"),
+        "{certbot:?}"
+    );
+
+    // 3. A push that breaks the conf fails the run with the helper's message; nginx keeps
+    //    serving the previous version.
+    let c3 = env.repo.commit(
+        "break the site",
+        &[(
+            "nginx/demo.conf",
+            &conf(&nginx, "return 200 \"v2\"; proxy_pass;"),
+        )],
+    );
+    env.repo.push();
+    env.enqueue(&c3, "d3");
+    let runs = finished(&env, 3).await;
+    assert_eq!(runs[2].status, RunStatus::Failed, "{runs:#?}");
+    let error = runs[2].error.as_deref().unwrap();
+    assert!(error.contains("refused write-site for demo"), "{error}");
+    let log = env.log_of(&runs[2]);
+    assert!(log.contains("helper refused write-site for demo"), "{log}");
+    wait_for_page(&nginx, (200, "v1"));
+    assert_eq!(
+        env.ledger.deployed_sha("app").await.unwrap(),
+        Some(c2.clone())
+    );
+
+    // 4. A fix deploys again.
+    let c4 = env.repo.commit(
+        "fix the site",
+        &[("nginx/demo.conf", &conf(&nginx, "return 200 \"v3\";"))],
+    );
+    env.repo.push();
+    env.enqueue(&c4, "d4");
+    let runs = finished(&env, 4).await;
+    assert_eq!(
+        runs[3].status,
+        RunStatus::Success,
+        "{}",
+        env.log_of(&runs[3])
+    );
+    wait_for_page(&nginx, (200, "v3"));
+
+    // 5. Removing the conf from the repository removes the site.
+    let c5 = env.repo.remove("drop the site", "nginx/demo.conf");
+    env.repo.push();
+    env.enqueue(&c5, "d5");
+    let runs = finished(&env, 5).await;
+    assert_eq!(
+        runs[4].status,
+        RunStatus::Success,
+        "{}",
+        env.log_of(&runs[4])
+    );
+    wait_for_page(&nginx, (404, ""));
+    assert!(!nginx.sites_dir().join("demo.conf").exists());
+    env.stop().await;
+}
