@@ -448,3 +448,34 @@ async fn the_server_passes_the_peer_address_and_cuts_off_slow_headers() {
             .unwrap();
     }
 }
+
+/// Bodies being read share a memory budget: a request that cannot get its share in time is
+/// answered 503 instead of being buffered.
+#[tokio::test]
+async fn bodies_in_flight_share_a_budget() {
+    let f = fixture("");
+    let state = f
+        .state
+        .clone()
+        .with_body_budget_kib(64)
+        .with_body_read_timeout(Duration::from_millis(300));
+    // A chunked body's length is unknown, so it reserves the maximum, 25 MiB: more than the
+    // whole budget here, so it waits for its share and is refused.
+    let (_tx, stalled) = http_body_util::channel::Channel::<bytes::Bytes, std::io::Error>::new(1);
+    let req = Request::post("/github-webhook")
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", "budget-1")
+        .header("content-type", "application/json")
+        .body(Body::new(stalled))
+        .unwrap();
+    assert_eq!(send(&state, req).await.0, StatusCode::SERVICE_UNAVAILABLE);
+
+    // A body that fits is read as usual.
+    let body = to_vec(&ping("octo-org/site"));
+    assert_eq!(
+        send(&state, signed("ping", "budget-2", &body)).await.0,
+        StatusCode::ACCEPTED
+    );
+
+    assert_eq!(f.inbox.list().unwrap().len(), 1);
+}

@@ -22,6 +22,11 @@ pub use serve::{HEADER_READ_TIMEOUT, serve, serve_with_header_timeout};
 /// GitHub caps webhook payloads at 25 MiB; anything longer is not from GitHub.
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
 
+/// Bodies are read before the signature can be checked, so anyone who can connect can make us
+/// buffer one. Their total is bounded by this budget (in KiB); a request that cannot get its
+/// share within the body read timeout is answered 503.
+pub const BODY_BUDGET_KIB: usize = 256 * 1024;
+
 /// GitHub stops waiting after 10 seconds, so a body still arriving after that is wasted effort
 /// (or a slow client holding a connection open).
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +44,7 @@ struct Inner {
     allowed_networks: Vec<IpNetwork>,
     trusted_proxy_hops: usize,
     body_read_timeout: Duration,
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -50,6 +56,7 @@ impl AppState {
                 allowed_networks: config.github.allowed_networks.clone(),
                 trusted_proxy_hops: config.github.trusted_proxy_hops,
                 body_read_timeout: BODY_READ_TIMEOUT,
+                body_budget: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_KIB)),
             }),
         }
     }
@@ -60,6 +67,17 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 body_read_timeout: timeout,
+                ..inner
+            }),
+        }
+    }
+
+    /// The same state with another in-flight body budget, in KiB (tests use a small one).
+    pub fn with_body_budget_kib(self, kib: usize) -> Self {
+        let inner = Arc::unwrap_or_clone(self.inner);
+        Self {
+            inner: Arc::new(Inner {
+                body_budget: Arc::new(tokio::sync::Semaphore::new(kib)),
                 ..inner
             }),
         }

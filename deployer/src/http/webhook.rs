@@ -2,6 +2,7 @@
 //! then a durable inbox entry and 202. Every rejection is answered and logged with its reason.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
@@ -167,6 +168,26 @@ async fn ingest(
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
+    // Unknown lengths (chunked bodies) reserve the maximum.
+    let kib = declared
+        .map_or(MAX_BODY as u64, |n| n)
+        .div_ceil(1024)
+        .max(1);
+    let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+    let _reserved = match tokio::time::timeout(
+        inner.body_read_timeout,
+        Arc::clone(&inner.body_budget).acquire_many_owned(kib),
+    )
+    .await
+    {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            return Err(reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many large deliveries in flight; redeliver it later",
+            ));
+        }
+    };
     let body = read_body(body, inner.body_read_timeout).await?;
 
     signature::verify(
