@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -18,8 +19,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     run_with_ready(config, shutdown, |_| {}).await
 }
 
-/// Like [`run`], calling `ready` with the bound address once the endpoint is listening and
-/// everything behind it has started (for `sd_notify`, and for tests that listen on port 0).
+/// Like [`run`], calling `ready` with the bound address once the endpoint is listening (for
+/// `sd_notify`, and for tests that listen on port 0).
+///
+/// The endpoint starts before the ledger is opened: it needs only the inbox, and GitHub does not
+/// retry, so a database that is down at start-up must not cost deliveries. The dispatcher and
+/// the workers start once the ledger opens; until then entries wait in the inbox.
 pub async fn run_with_ready(
     config: Config,
     shutdown: CancellationToken,
@@ -32,10 +37,6 @@ pub async fn run_with_ready(
     for deployment in config.enabled_deployments() {
         Queue::open(deploy_queue_dir(&config, &deployment.name))?;
     }
-    let ledger = Ledger::open(&config.effective_database_url())
-        .await
-        .context("cannot open the ledger")?;
-
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -48,6 +49,14 @@ pub async fn run_with_ready(
 
     let app = http::app(AppState::new(&config, inbox));
     let server = tokio::spawn(http::serve(listener, app, http_stop.clone()));
+    tracing::info!(%addr, deployments = config.enabled_deployments().count(), "listening");
+    ready(addr);
+
+    let Some(ledger) = open_ledger(&config, &shutdown).await else {
+        http_stop.cancel();
+        let _ = server.await;
+        return Ok(());
+    };
     let dispatcher = tokio::spawn(dispatch::run(
         Arc::clone(&config),
         ledger.clone(),
@@ -63,8 +72,6 @@ pub async fn run_with_ready(
             return Err(e).context("cannot start the workers");
         }
     };
-    tracing::info!(%addr, deployments = config.enabled_deployments().count(), "listening");
-    ready(addr);
 
     let (mut server, mut dispatcher) = (Some(server), Some(dispatcher));
     // A component that stops by itself is fatal: stop the rest and report it.
@@ -101,5 +108,24 @@ pub async fn run_with_ready(
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Opens (and migrates) the ledger, retrying until it works; `None` if shutdown comes first.
+async fn open_ledger(config: &Config, shutdown: &CancellationToken) -> Option<Ledger> {
+    let url = config.effective_database_url();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match Ledger::open(&url).await {
+            Ok(ledger) => return Some(ledger),
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?delay, "cannot open the ledger; deliveries wait in the inbox");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }

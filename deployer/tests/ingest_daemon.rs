@@ -51,6 +51,10 @@ impl Site {
     /// A bare repository with one commit on main, and a configuration whose one deployment
     /// appends each deployed commit to `deploys.log`.
     fn new() -> Site {
+        Self::with_top("")
+    }
+
+    fn with_top(top: &str) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let work = root.join("work");
@@ -76,6 +80,7 @@ impl Site {
 listen = "127.0.0.1:0"
 state_dir = "{r}/state"
 helper_socket = "{r}/no-helper.sock"
+{top}
 
 [deployments.app]
 repository = "octo-org/site"
@@ -100,6 +105,20 @@ timeout = "2m"
             "sqlite://{}?mode=rw",
             self.path("state/ledger.sqlite3").display()
         )
+    }
+
+    /// Has the daemon applied every migration?
+    async fn migrated(&self) -> bool {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite");
+        let want = std::fs::read_dir(dir).unwrap().count() as i64;
+        let Ok(ledger) = Ledger::connect(&self.ledger_url()).await else {
+            return false;
+        };
+        let applied: Result<i64, _> =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(ledger.pool())
+                .await;
+        applied.is_ok_and(|n| n == want)
     }
 
     fn deploys(&self) -> Vec<String> {
@@ -221,6 +240,8 @@ async fn a_delivery_left_by_a_killed_daemon_is_handled_once_after_restart() {
     let site = Site::new();
     let daemon = Daemon::start(&site, 1);
 
+    // READY=1 comes as soon as the endpoint listens; the ledger is migrated just after.
+    wait_until("the ledger", || site.migrated()).await;
     // Hold the ledger's write lock: the dispatcher cannot record anything, the endpoint must not
     // care.
     let blocker = Ledger::connect(&site.ledger_url()).await.unwrap();
@@ -244,6 +265,7 @@ async fn a_delivery_left_by_a_killed_daemon_is_handled_once_after_restart() {
     );
 
     let daemon = Daemon::start(&site, 2);
+    wait_until("the ledger", || site.migrated()).await;
     let ledger = Ledger::connect(&site.ledger_url()).await.unwrap();
     wait_until("the deploy", || async {
         ledger
@@ -370,4 +392,26 @@ fn check_and_migrate() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap(),
         serde_json::json!([])
     );
+}
+
+/// GitHub does not retry: a ledger that cannot be opened at start-up must not stop the endpoint.
+/// Deliveries wait in the inbox and are handled once it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_that_is_down_at_start_up_costs_no_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("not-yet");
+    let url = format!("sqlite://{}/ledger.sqlite3?mode=rwc", db.display());
+    let site = Site::with_top(&format!("database_url = \"{url}\""));
+    let daemon = Daemon::start(&site, 1);
+    let payload = push("octo-org/site", "main", ZERO, &site.head);
+    assert_eq!(daemon.post("push", "early-1", &payload).await, 202);
+    assert_eq!(site.inbox().len(), 1);
+
+    std::fs::create_dir(&db).unwrap();
+    wait_until("the inbox to drain", || async { site.inbox().is_empty() }).await;
+    let ledger = Ledger::connect(&url).await.unwrap();
+    let receipts = ledger.receipts_of_delivery("early-1").await.unwrap();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].deployments, vec!["app"]);
+    daemon.kill();
 }
