@@ -8,7 +8,8 @@ use std::time::Duration;
 use deployer::lock::{LocalLocks, Locks, RedisLocks, deploy_lock};
 use deployer::worker::RunStatus;
 use testkit::git::head;
-use worker_support::{Env, PrivateRedis, parse, shared_redis_url, with_status};
+use testkit::services::{private_redis, redis_url};
+use worker_support::{Env, parse, with_status};
 
 async fn exclusive(locks: &Locks, key: &str) {
     let a = locks
@@ -40,7 +41,7 @@ async fn local_locks_exclude_and_release() {
 
 #[tokio::test]
 async fn redis_locks_exclude_and_release_only_their_own_key() {
-    let Some(url) = shared_redis_url() else {
+    let Some(url) = redis_url() else {
         return;
     };
     let locks = Locks::Redis(RedisLocks::new(&url).unwrap());
@@ -119,7 +120,7 @@ async fn two_processes_with_local_locks_never_run_one_deployment_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_with_redis_locks_never_run_one_deployment_at_once() {
-    let Some(url) = shared_redis_url() else {
+    let Some(url) = redis_url() else {
         return;
     };
     two_processes_never_overlap(&format!("redis_url = \"{url}\"")).await;
@@ -127,7 +128,7 @@ async fn two_processes_with_redis_locks_never_run_one_deployment_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploys_wait_while_redis_is_down_and_resume_when_it_returns() {
-    let Some(mut redis) = PrivateRedis::start() else {
+    let Some(mut redis) = private_redis() else {
         return;
     };
     let mut env = Env::new(
@@ -153,7 +154,7 @@ async fn deploys_wait_while_redis_is_down_and_resume_when_it_returns() {
     assert_eq!(env.runs().await.len(), 1, "a deploy ran without its lock");
     assert_eq!(env.queue().list().unwrap().len(), 1);
 
-    redis.resume();
+    redis.start();
     let runs = env
         .wait_runs("the deploy after Redis returned", |r| {
             with_status(r, RunStatus::Success).len() == 2
