@@ -102,7 +102,8 @@ impl PrivatePostgres {
         let pg = PrivatePostgres {
             dir,
             bin: bin?,
-            port: testkit::nginx::free_port(),
+            // Restarted on the same port while the daemon keeps trying to connect to it.
+            port: robust_support::restartable_port(),
             as_postgres,
         };
         let data = pg.data().display().to_string();

@@ -106,7 +106,7 @@ impl Setup {
             .prefix("robust-")
             .tempdir()
             .unwrap();
-        let port = testkit::nginx::free_port();
+        let port = restartable_port();
         let d = dir.path().display().to_string();
         std::fs::write(dir.path().join("secret"), SECRET).unwrap();
         let helper = if top.contains("helper_socket") {
@@ -202,6 +202,36 @@ impl Setup {
         }
         out
     }
+}
+
+/// A free loopback port below the kernel's ephemeral range. The daemon is restarted on the same
+/// port after SIGKILL; a port in the ephemeral range may meanwhile be handed to an outgoing
+/// connection (even one of ours connecting to it: a TCP self-connect), and the restart would
+/// fail with EADDRINUSE.
+pub fn restartable_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = if low > 12_000 {
+        (10_000, low - 1)
+    } else {
+        (low / 2, low - 1)
+    };
+    let mut rng = Rng(std::process::id() as u64
+        ^ u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0),
+        ));
+    for _ in 0..1000 {
+        let port = rng.range(u64::from(from), u64::from(to)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {from}..={to}");
 }
 
 /// The daemon process: `durhack-deployer serve --config <file>`; killed on drop.
