@@ -65,6 +65,16 @@ async fn health() {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["service"], "durhack-deployer");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+
+    let get = Request::get("/github-webhook").body(Body::empty()).unwrap();
+    assert_eq!(send(&f.state, get).await.0, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, body) = send(
+        &f.state,
+        Request::post("/hooks").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].is_string());
 }
 
 #[tokio::test]

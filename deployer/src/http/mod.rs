@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{get, post};
 
 use crate::config::{Config, IpNetwork, Secret};
@@ -93,7 +94,31 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(health))
         .route("/github-webhook", post(webhook::receive))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+// Every refused request is logged with its reason, including those that never reach a handler.
+async fn not_found(method: Method, uri: Uri) -> (StatusCode, axum::Json<serde_json::Value>) {
+    tracing::warn!(%method, path = uri.path(), status = 404, "no such endpoint");
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(
+            serde_json::json!({ "error": "no such endpoint (webhooks go to POST /github-webhook)" }),
+        ),
+    )
+}
+
+async fn method_not_allowed(
+    method: Method,
+    uri: Uri,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    tracing::warn!(%method, path = uri.path(), status = 405, "method not allowed");
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(serde_json::json!({ "error": format!("{method} is not allowed here") })),
+    )
 }
 
 async fn health() -> axum::Json<serde_json::Value> {

@@ -28,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 /// if that ever happens. It is not how entries are normally found.
 const SAFETY_RESCAN: Duration = Duration::from_secs(10);
 
+/// How often a consumer without a watch looks for new entries.
+const POLL_WITHOUT_WATCH: Duration = Duration::from_secs(1);
+
 /// Temporaries older than this were left by a process that died mid-write.
 const STALE_TEMPORARY: Duration = Duration::from_secs(600);
 
@@ -247,10 +250,33 @@ impl Queue {
     }
 
     /// A consumer of this queue. The watch starts here, before the consumer's first scan.
+    ///
+    /// If inotify cannot be used (its per-user limits are exhausted, say), the consumer still
+    /// works, by rescanning every second, and says so in the log.
     pub fn consumer(&self) -> Result<Consumer, QueueError> {
         self.remove_stale_temporaries();
         let wake = Arc::new(Notify::new());
-        let on_event = Arc::clone(&wake);
+        let (watcher, rescan) = match self.watch(Arc::clone(&wake)) {
+            Ok(w) => (Some(w), SAFETY_RESCAN),
+            Err(e) => {
+                tracing::warn!(error = %e, "no inotify watch; polling the queue every second");
+                (None, POLL_WITHOUT_WATCH)
+            }
+        };
+        Ok(Consumer {
+            queue: self.clone(),
+            wake,
+            handed_out: HashSet::new(),
+            rescan,
+            _watcher: watcher,
+        })
+    }
+
+    fn watch(&self, wake: Arc<Notify>) -> Result<notify::RecommendedWatcher, QueueError> {
+        let watch_error = |source| QueueError::Watch {
+            path: self.dir.clone(),
+            source,
+        };
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let relevant = match &event {
@@ -268,25 +294,14 @@ impl Queue {
                     Err(_) => true,
                 };
                 if relevant {
-                    on_event.notify_one();
+                    wake.notify_one();
                 }
             })
-            .map_err(|source| QueueError::Watch {
-                path: self.dir.clone(),
-                source,
-            })?;
+            .map_err(watch_error)?;
         watcher
             .watch(&self.dir, RecursiveMode::NonRecursive)
-            .map_err(|source| QueueError::Watch {
-                path: self.dir.clone(),
-                source,
-            })?;
-        Ok(Consumer {
-            queue: self.clone(),
-            wake,
-            handed_out: HashSet::new(),
-            _watcher: watcher,
-        })
+            .map_err(watch_error)?;
+        Ok(watcher)
     }
 }
 
@@ -295,7 +310,8 @@ pub struct Consumer {
     queue: Queue,
     wake: Arc<Notify>,
     handed_out: HashSet<String>,
-    _watcher: notify::RecommendedWatcher,
+    rescan: Duration,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl fmt::Debug for Consumer {
@@ -339,7 +355,7 @@ impl Consumer {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(Vec::new()),
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(SAFETY_RESCAN) => {}
+                () = tokio::time::sleep(self.rescan) => {}
             }
         }
     }
