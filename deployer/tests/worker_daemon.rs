@@ -413,3 +413,37 @@ async fn sigterm_kills_a_deploy_that_outlasts_the_grace_period_and_keeps_it_queu
         "the push stays queued for the next start"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_update_asks_systemd_for_a_restart_with_exit_status_75() {
+    let mut d = Daemon::new(
+        r#"commands = [["sh", "-c", "echo installing the new binary; touch \"$DEPLOY_RESTART_FILE\""]]"#,
+    );
+    let sha = d.repo.commit("new deployer", &[]);
+    d.repo.push();
+    d.start();
+    d.push("self-update", ZERO, &sha).await;
+    let mut child = d.child.take().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the daemon did not exit:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(deployer::worker::RESTART_EXIT_STATUS),
+        "{}",
+        d.log()
+    );
+    let runs = d.wait_runs("recorded", |r| !r.is_empty()).await;
+    assert_eq!(runs[0].status, RunStatus::Success, "{runs:#?}");
+    assert!(d.queued().is_empty());
+    assert!(!d.state.path().join("restart-requested").exists());
+}
