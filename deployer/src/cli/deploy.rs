@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use crate::config::Config;
-use crate::queue::Queue;
 use crate::dispatch::{DeployRequest, deploy_queue_dir};
+use crate::queue::Queue;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

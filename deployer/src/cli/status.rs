@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::dispatch::deploy_queue_dir;
 use crate::ledger::Ledger;
 use crate::queue::Queue;
 use crate::worker::Run;
-use crate::dispatch::deploy_queue_dir;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

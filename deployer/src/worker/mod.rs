@@ -31,12 +31,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::{DeployRequest, deploy_queue_dir};
 pub use self::git::{is_commit_id, ls_remote_head};
 pub use self::record::{Run, RunStatus};
 pub use self::run::new_run_id;
 use self::run::{Disposition, Pending};
 use crate::config::{Config, Deployment};
+use crate::dispatch::{DeployRequest, deploy_queue_dir};
 use crate::github::StatusClient;
 use crate::ledger::Ledger;
 use crate::lock::{Locks, deploy_lock};

@@ -8,13 +8,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::coalesce::{self, Candidate};
-use crate::dispatch::DeployRequest;
 use super::git::{GitError, Repo};
 use super::log::RunLog;
 use super::process::{self, ProcessError, Spawn};
 use super::retry::Backoff;
 use super::sites::{self, SiteError};
 use super::{Run, RunStatus, Worker};
+use crate::dispatch::DeployRequest;
 use crate::github::CommitState;
 use crate::lock::NGINX_LOCK;
 
