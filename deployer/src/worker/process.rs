@@ -46,9 +46,11 @@ pub struct Spawn<'a> {
     pub timeout: Duration,
 }
 
-/// Shown in logs and errors: argv joined, quoted where needed for reading (not for a shell).
+/// Shown in logs and errors: argv joined, quoted where needed for reading (not for a shell),
+/// with credentials in URLs (`https://user:token@host/...`, as a remote may carry) masked.
 pub fn display_argv(argv: &[String]) -> String {
     argv.iter()
+        .map(|a| redact_userinfo(a))
         .map(|a| {
             if !a.is_empty() && a.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
                 a.clone()
@@ -58,6 +60,19 @@ pub fn display_argv(argv: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+fn redact_userinfo(arg: &str) -> String {
+    let Some(scheme_end) = arg.find("://").map(|i| i + 3) else {
+        return arg.to_owned();
+    };
+    let authority_end = arg[scheme_end..]
+        .find('/')
+        .map_or(arg.len(), |i| scheme_end + i);
+    match arg[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &arg[..scheme_end], &arg[scheme_end + at..]),
+        None => arg.to_owned(),
+    }
 }
 
 /// Runs `spawn`; `cancel` stops it early (shutdown after the grace period, or a lost lock), with
@@ -145,5 +160,30 @@ fn copy_lines(reader: std::io::PipeReader, log: &RunLog) {
                 log.line(text.strip_suffix('\n').unwrap_or(&text));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_masked() {
+        let argv = [
+            "git",
+            "clone",
+            "https://x-access-token:ghs_secret@github.com/o/r.git",
+            "/srv/a b",
+        ]
+        .map(String::from);
+        let shown = display_argv(&argv);
+        assert_eq!(
+            shown,
+            "git clone https://***@github.com/o/r.git \"/srv/a b\""
+        );
+        assert_eq!(
+            display_argv(&["https://github.com/o/r@x".to_owned()]),
+            "https://github.com/o/r@x"
+        );
     }
 }

@@ -76,6 +76,23 @@ fn one_line(e: &impl std::fmt::Display) -> String {
     line.chars().take(500).collect()
 }
 
+/// The run in progress once a commit is chosen.
+struct Attempt<'a> {
+    id: &'a str,
+    repo: &'a Repo,
+    log: &'a Arc<RunLog>,
+    started: i64,
+    /// The deployment's timeout, counted from the run's start.
+    deadline: Instant,
+    cancel: &'a CancellationToken,
+}
+
+impl Attempt<'_> {
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
 impl Worker {
     /// Runs `pending` (in arrival order) as one run. Returns what to do with each entry.
     pub(super) async fn execute(
@@ -242,34 +259,21 @@ impl Worker {
             let _ = std::fs::remove_file(&log_path);
             return out;
         };
-        let disposition = self
-            .deploy(
-                &run_id,
-                &chosen,
-                &repo,
-                deployed.as_deref(),
-                &log,
-                started,
-                deadline,
-                cancel,
-            )
-            .await;
+        let attempt = Attempt {
+            id: &run_id,
+            repo: &repo,
+            log: &log,
+            started,
+            deadline,
+            cancel,
+        };
+        let disposition = self.deploy(&attempt, &chosen, deployed.as_deref()).await;
         out.push((chosen.entry, disposition));
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn deploy(
-        &self,
-        run_id: &str,
-        p: &Pending,
-        repo: &Repo,
-        deployed: Option<&str>,
-        log: &Arc<RunLog>,
-        started: i64,
-        deadline: Instant,
-        cancel: &CancellationToken,
-    ) -> Disposition {
+    async fn deploy(&self, a: &Attempt<'_>, p: &Pending, deployed: Option<&str>) -> Disposition {
+        let (run_id, log, started, cancel) = (a.id, a.log, a.started, a.cancel);
         let d = &self.deployment;
         let sha = &p.req.sha;
         tracing::Span::current().record("sha", sha.as_str());
@@ -298,7 +302,7 @@ impl Worker {
         self.report(sha, run_id, CommitState::Pending, "Deploying")
             .await;
 
-        let result = self.steps(p, repo, deployed, log, deadline, cancel).await;
+        let result = self.steps(a, p, deployed).await;
         let finished = now_ms();
         let (status, error) = match &result {
             Ok(()) => (RunStatus::Success, None),
@@ -353,17 +357,14 @@ impl Worker {
 
     async fn steps(
         &self,
+        a: &Attempt<'_>,
         p: &Pending,
-        repo: &Repo,
         deployed: Option<&str>,
-        log: &Arc<RunLog>,
-        deadline: Instant,
-        cancel: &CancellationToken,
     ) -> Result<(), StepError> {
+        let (repo, log, cancel) = (a.repo, a.log, a.cancel);
         let d = &self.deployment;
         let sha = &p.req.sha;
-        let remaining = || deadline.saturating_duration_since(Instant::now());
-        repo.checkout(sha, log, cancel, remaining()).await?;
+        repo.checkout(sha, log, cancel, a.remaining()).await?;
         let changed = match deployed {
             Some(prev) if repo.has_commit(prev).await? => {
                 let files = repo.changed_files(prev, sha).await?;
@@ -388,7 +389,7 @@ impl Worker {
             ),
         ]);
         for spec in &d.commands {
-            let left = remaining();
+            let left = a.remaining();
             if left.is_zero() {
                 return Err(StepError::OutOfTime(d.timeout));
             }
