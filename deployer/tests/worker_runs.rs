@@ -334,3 +334,88 @@ async fn an_unknown_commit_fails_and_an_operator_deploy_redeploys() {
     assert!(with_status(&runs, RunStatus::Stale).is_empty());
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diverged_pushes_in_one_batch_fall_back_to_arrival_order() {
+    let mut env = Env::new(
+        "",
+        r#"commands = [["sh", "-c", "touch ../markers/started-$DEPLOY_SHA; while [ ! -e ../markers/go ]; do sleep 0.05; done"]]"#,
+    )
+    .await;
+    let markers = env.state.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let base = env.repo.commit("base", &[]);
+    env.repo.push();
+    env.start().await;
+    env.enqueue(&base, "d0");
+    wait_for_file(&markers.join(format!("started-{base}"))).await;
+
+    // Two pushes whose commits are not ancestors of each other: the second rewrote the branch.
+    let first = env.repo.commit("one way", &[("f", "1")]);
+    env.repo.push();
+    env.repo.reset_hard(&base);
+    let second = env.repo.commit("another way", &[("f", "2")]);
+    env.repo.force_push();
+    env.enqueue(&first, "d1");
+    env.enqueue(&second, "d2");
+    std::fs::write(markers.join("go"), "").unwrap();
+    let runs = env.wait_idle().await;
+    let success = with_status(&runs, RunStatus::Success);
+    assert_eq!(success.len(), 2, "{runs:#?}");
+    assert_eq!(success[1].sha, second, "the later arrival wins");
+    let superseded = with_status(&runs, RunStatus::Superseded);
+    assert_eq!(superseded.len(), 1, "{runs:#?}");
+    assert_eq!(superseded[0].sha, first);
+    assert_eq!(head(&env.deploy_path()), second);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_remote_is_retried_then_fails_the_run() {
+    let mut env = Env::new("", r#"commands = [["true"]]"#).await;
+    let sha = env.repo.commit("c", &[]);
+    env.repo.push();
+    // The remote disappears (a network outage, as far as git can tell).
+    let moved = env.state.path().join("remote-elsewhere.git");
+    std::fs::rename(env.repo.bare(), &moved).unwrap();
+    env.start().await;
+    env.enqueue(&sha, "d1");
+    let runs = env.wait_idle().await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0].status, RunStatus::Failed);
+    let log = env.log_of(&runs[0]);
+    assert_eq!(
+        log.matches("fetch failed; retrying").count(),
+        4,
+        "four retries with backoff: {log}"
+    );
+    std::fs::rename(&moved, env.repo.bare()).unwrap();
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_helper_is_retried_then_fails_the_run() {
+    let mut env = Env::new(
+        "",
+        r#"commands = [["true"]]
+sites = { demo = "nginx/demo.conf" }"#,
+    )
+    .await;
+    let sha = env.repo.commit(
+        "c",
+        &[("nginx/demo.conf", "server { server_name demo.test; }\n")],
+    );
+    env.repo.push();
+    env.start().await;
+    env.enqueue(&sha, "d1");
+    let runs = env.wait_idle().await;
+    assert_eq!(runs[0].status, RunStatus::Failed, "{runs:#?}");
+    let error = runs[0].error.as_deref().unwrap();
+    assert!(
+        error.contains("cannot connect to the privileged helper"),
+        "{error}"
+    );
+    let log = env.log_of(&runs[0]);
+    assert_eq!(log.matches("retrying in").count(), 4, "{log}");
+    env.stop().await;
+}
