@@ -318,6 +318,7 @@ async fn an_unknown_commit_fails_and_an_operator_deploy_redeploys() {
             .unwrap()
             .contains("not in the repository")
     );
+    assert!(env.log_of(&runs[0]).contains("not in the repository"));
 
     env.enqueue(&sha, "d1");
     env.wait_runs("deployed", |r| {

@@ -172,6 +172,8 @@ impl Worker {
 
         let mut out = Vec::new();
         let mut present = Vec::new();
+        // Whether a recorded push points at this log (then it stays even if nothing deploys).
+        let mut log_referenced = false;
         for p in pending {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match repo
@@ -193,6 +195,7 @@ impl Worker {
                         &error,
                     )
                     .await;
+                    log_referenced = true;
                     out.push((p.entry, Disposition::Complete));
                 }
             }
@@ -255,8 +258,10 @@ impl Worker {
         }
         let Some(chosen) = chosen else {
             log.line("nothing to deploy");
-            // A run log without a run would only confuse `logs`.
-            let _ = std::fs::remove_file(&log_path);
+            // A log that no record points at would only confuse `logs`.
+            if !log_referenced {
+                let _ = std::fs::remove_file(&log_path);
+            }
             return out;
         };
         let attempt = Attempt {
