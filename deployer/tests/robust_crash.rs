@@ -379,7 +379,7 @@ fn deliveries_survive_sigkill_at_random_moments() {
     eprintln!(
         "[robust_crash] {} deliveries sent: {} answered 202, {} unanswered (daemon killed; {} of \
          them recorded anyway), {} other answers; {kills_total} SIGKILLs {kills:?}; {} daemon \
-         starts; {} ledger records; runs by status {runs_by_status:?}; {} queue files left \
+         starts ({} retried after EADDRINUSE); {} ledger records; runs by status {runs_by_status:?}; {} queue files left \
          (temporaries included); took {:?}",
         stream.sent.len(),
         acked.len(),
@@ -387,6 +387,7 @@ fn deliveries_survive_sigkill_at_random_moments() {
         unanswered_recorded,
         other.len(),
         daemon.starts,
+        daemon.bind_retries,
         records.len(),
         leftover_files.len(),
         started.elapsed()
