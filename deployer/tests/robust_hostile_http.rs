@@ -606,3 +606,73 @@ fn headers_that_never_end_are_timed_out() {
         "connections whose headers never end were held for 90 s: {stalled:?}"
     );
 }
+
+/// Memory under concurrent large bodies: every connection may buffer up to `MAX_BODY` (25 MiB)
+/// before the signature is checked, and nothing bounds how many do so at once, so memory grows
+/// with the number of unauthenticated clients (16 stalled bodies just under the limit: VmHWM
+/// about 270 MiB; a hundred would be gigabytes).
+///
+/// Known failure, ignored until fixed (for example a shared budget of bytes being buffered,
+/// answering 503 beyond it): `http/webhook.rs` `read_body` collects each body whole under a
+/// per-request limit only. Run with
+/// `cargo test -p deployer --test robust_hostile_http -- --ignored`.
+#[test]
+#[ignore = "known bug: body buffering is bounded per request, not in total"]
+fn concurrent_large_bodies_stay_within_the_memory_bound() {
+    let setup = Setup::new("", Vec::new());
+    let mut daemon = Daemon::new(&setup);
+    daemon.start();
+    let port = setup.port;
+    let clients = 16;
+    let sent = Arc::new(std::sync::Barrier::new(clients + 1));
+    let release = Arc::new(std::sync::Barrier::new(clients + 1));
+    let threads: Vec<_> = (0..clients)
+        .map(|i| {
+            let (sent, release) = (Arc::clone(&sent), Arc::clone(&release));
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let head = format!(
+                    "POST /github-webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\
+                     X-GitHub-Event: push\r\nX-GitHub-Delivery: big-{i}\r\n\
+                     Content-Type: application/json\r\nX-Hub-Signature-256: sha256={}\r\n\r\n",
+                    "0".repeat(64)
+                );
+                let chunk = vec![b' '; 256 * 1024];
+                let mut ok = s.write_all(head.as_bytes()).is_ok();
+                // 99 chunks: just under the limit, so the body is held, not refused.
+                for _ in 0..99 {
+                    ok = ok
+                        && s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).is_ok()
+                        && s.write_all(&chunk).is_ok()
+                        && s.write_all(b"\r\n").is_ok();
+                }
+                sent.wait();
+                release.wait();
+                ok
+            })
+        })
+        .collect();
+    sent.wait();
+    // The last chunks may still be in socket buffers: wait for the daemon to have read them.
+    let mut hwm = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        hwm = daemon.memory_kib().1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    release.wait();
+    let sent_ok = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    eprintln!(
+        "[robust_hostile_http] {clients} concurrent bodies of 24.75 MiB: VmHWM {hwm} KiB ({sent_ok} \
+         clients sent theirs whole)"
+    );
+    assert!(daemon.is_running(), "{}", daemon.log());
+    assert!(
+        hwm < 200 * 1024,
+        "VmHWM {hwm} KiB with {clients} concurrent unauthenticated bodies exceeds 200 MiB"
+    );
+}
