@@ -165,3 +165,85 @@ async fn deploys_wait_while_redis_is_down_and_resume_when_it_returns() {
     env.wait_idle().await;
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_redis_lock_is_taken_over_stops_and_is_redone_later() {
+    let Some(redis) = private_redis() else {
+        return;
+    };
+    let mut env = Env::new(
+        &format!("redis_url = \"{}\"", redis.url()),
+        r#"commands = [["sh", "-c", "echo attempt >> ../attempts; echo $$ > ../started; while [ ! -e ../go ]; do sleep 0.05; done"]]"#,
+    )
+    .await;
+    let sha = env.repo.commit("c", &[]);
+    env.repo.push();
+    env.start().await;
+    env.enqueue(&sha, "d1");
+    let started = env.state.path().join("started");
+    worker_support::wait_for_file(&started).await;
+    let first_pid: i32 = std::fs::read_to_string(&started)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::fs::remove_file(&started).unwrap();
+
+    // Someone else now holds the key (as after an expiry during an outage).
+    let client = redis::Client::open(redis.url().as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let key = deploy_lock("app");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("another-process")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let runs = env
+        .wait_runs("the run stopped at the next renewal", |r| {
+            r.iter().any(|r| r.status == RunStatus::Cancelled)
+        })
+        .await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(
+        env.queue().list().unwrap().len(),
+        1,
+        "the push stays queued"
+    );
+    let proc_gone = || {
+        !std::path::Path::new(&format!("/proc/{first_pid}/cmdline")).exists()
+            || std::fs::read_to_string(format!("/proc/{first_pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+    };
+    let start = std::time::Instant::now();
+    while !proc_gone() {
+        assert!(
+            start.elapsed() < worker_support::DEADLINE,
+            "the build went on without its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The other holder lets go: the push is redone.
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    std::fs::write(env.state.path().join("go"), "").unwrap();
+    let runs = env
+        .wait_runs("the redo", |r| {
+            r.iter().any(|r| r.status == RunStatus::Success)
+        })
+        .await;
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    env.wait_idle().await;
+    let attempts = std::fs::read_to_string(env.state.path().join("attempts")).unwrap();
+    assert_eq!(attempts.lines().count(), 2);
+    env.stop().await;
+}
