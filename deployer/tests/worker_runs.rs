@@ -235,7 +235,7 @@ fn alive(pid: i32) -> bool {
 async fn a_timeout_kills_the_whole_process_group() {
     let mut env = Env::new(
         "",
-        r#"commands = [{ argv = ["sh", "-c", "sleep 600 & echo $! > background.pid; echo started; sleep 600"], timeout = "2s" }]"#,
+        r#"commands = [{ argv = ["sh", "-c", "sleep 600 & echo $! > background.pid; echo started; sleep 600"], timeout = "5s" }]"#,
     )
     .await;
     let sha = env.repo.commit("c", &[]);
@@ -245,7 +245,7 @@ async fn a_timeout_kills_the_whole_process_group() {
     let runs = env.wait_idle().await;
     assert_eq!(runs[0].status, RunStatus::Failed, "{runs:#?}");
     let error = runs[0].error.as_deref().unwrap();
-    assert!(error.contains("timed out after 2s"), "{error}");
+    assert!(error.contains("timed out after 5s"), "{error}");
     let pid: i32 = std::fs::read_to_string(env.deploy_path().join("background.pid"))
         .unwrap()
         .trim()
