@@ -212,7 +212,8 @@ impl Worker {
             complete(consumer, &entry);
         }
         let mut fresh = Vec::new();
-        for p in pending {
+        let mut pending = pending.into_iter();
+        while let Some(p) = pending.next() {
             match self.ledger.delivery_succeeded(name, &p.req.delivery).await {
                 Ok(true) => {
                     tracing::info!(deployment = %name, delivery = %p.req.delivery, "already deployed this delivery; dropping the repeat");
@@ -222,11 +223,8 @@ impl Worker {
                 Err(e) => {
                     tracing::error!(deployment = %name, error = %e, "ledger unavailable");
                     lock.release().await;
-                    release_all(
-                        consumer,
-                        std::iter::once(p.entry.as_str())
-                            .chain(fresh.iter().map(|p| p.entry.as_str())),
-                    );
+                    let all: Vec<Pending> = fresh.into_iter().chain([p]).chain(pending).collect();
+                    release_all(consumer, all.iter().map(|p| p.entry.as_str()));
                     return false;
                 }
             }
