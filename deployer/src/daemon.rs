@@ -47,8 +47,12 @@ pub async fn run_with_ready(
     let http_stop = CancellationToken::new();
     let dispatch_stop = CancellationToken::new();
 
-    let app = http::app(AppState::new(&config, inbox));
-    let server = tokio::spawn(http::serve(listener, app, http_stop.clone()));
+    let state = AppState::new(&config, inbox).starting();
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::app(state.clone()),
+        http_stop.clone(),
+    ));
     tracing::info!(%addr, deployments = config.enabled_deployments().count(), "listening");
     ready(addr);
 
@@ -72,6 +76,8 @@ pub async fn run_with_ready(
             return Err(e).context("cannot start the workers");
         }
     };
+    state.mark_started();
+    tracing::info!("started");
 
     let (mut server, mut dispatcher) = (Some(server), Some(dispatcher));
     // A component that stops by itself is fatal: stop the rest and report it.

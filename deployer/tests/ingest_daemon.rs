@@ -407,11 +407,24 @@ async fn a_ledger_that_is_down_at_start_up_costs_no_deliveries() {
     assert_eq!(daemon.post("push", "early-1", &payload).await, 202);
     assert_eq!(site.inbox().len(), 1);
 
+    let health = reqwest::get(format!("http://{}/", daemon.addr))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    assert_eq!(health.json::<Value>().await.unwrap()["status"], "starting");
+
     std::fs::create_dir(&db).unwrap();
     wait_until("the inbox to drain", || async { site.inbox().is_empty() }).await;
     let ledger = Ledger::connect(&url).await.unwrap();
     let receipts = ledger.receipts_of_delivery("early-1").await.unwrap();
     assert_eq!(receipts.len(), 1);
     assert_eq!(receipts[0].deployments, vec!["app"]);
+    wait_until("GET / to say ok", || async {
+        let health = reqwest::get(format!("http://{}/", daemon.addr))
+            .await
+            .unwrap();
+        health.status() == 200
+    })
+    .await;
     daemon.kill();
 }

@@ -9,9 +9,11 @@ mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{get, post};
 
@@ -46,6 +48,9 @@ struct Inner {
     trusted_proxy_hops: usize,
     body_read_timeout: Duration,
     body_budget: Arc<tokio::sync::Semaphore>,
+    /// False while the daemon is still opening the ledger and starting the dispatcher and
+    /// workers: deliveries are accepted, `GET /` says `starting`.
+    started: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -58,6 +63,7 @@ impl AppState {
                 trusted_proxy_hops: config.github.trusted_proxy_hops,
                 body_read_timeout: BODY_READ_TIMEOUT,
                 body_budget: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_KIB)),
+                started: Arc::new(AtomicBool::new(true)),
             }),
         }
     }
@@ -82,6 +88,17 @@ impl AppState {
                 ..inner
             }),
         }
+    }
+
+    /// The same state, with `GET /` answering 503 `starting` until [`AppState::mark_started`].
+    pub fn starting(self) -> Self {
+        self.inner.started.store(false, Ordering::Release);
+        self
+    }
+
+    /// Everything behind the endpoint runs: `GET /` answers `ok`.
+    pub fn mark_started(&self) {
+        self.inner.started.store(true, Ordering::Release);
     }
 
     pub fn inbox(&self) -> &Queue {
@@ -121,12 +138,22 @@ async fn method_not_allowed(
     )
 }
 
-async fn health() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({
-        "status": "ok",
-        "service": "durhack-deployer",
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
+/// `ok` once the ledger, the dispatcher and the workers run; `starting` (503) before, while
+/// webhooks are already accepted into the inbox.
+async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let started = state.inner.started.load(Ordering::Acquire);
+    (
+        if started {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        axum::Json(serde_json::json!({
+            "status": if started { "ok" } else { "starting" },
+            "service": "durhack-deployer",
+            "version": env!("CARGO_PKG_VERSION"),
+        })),
+    )
 }
 
 /// The peer address the server recorded for this request, if any.
