@@ -1,6 +1,7 @@
 //! The real `durhack-deployer serve` binary: a signed push over HTTP is deployed; a daemon
 //! killed mid-run redoes the run after a restart; `status`, `logs` and `deploy` on the side.
 
+mod robust_support;
 mod worker_support;
 
 use std::path::{Path, PathBuf};
@@ -31,7 +32,8 @@ impl Daemon {
             .tempdir()
             .unwrap();
         let repo = Remote::new("main");
-        let port = testkit::nginx::free_port();
+        // Not an ephemeral port: waiting for the restarted daemon could self-connect to one.
+        let port = robust_support::restartable_port();
         let text = config_text(
             state.path(),
             &repo,
