@@ -44,20 +44,38 @@ async fn env(url: Option<String>) -> Env {
 }
 
 impl Env {
-    /// Receives a delivery through the real endpoint; returns its inbox entry name.
+    /// Receives a delivery through the real endpoint; returns its inbox entry name (found in
+    /// the inbox, or in the ledger if a running dispatcher got to it first).
     async fn receive(&self, event: &str, delivery: &str, payload: &Value) -> String {
-        let before = self.inbox.list().unwrap();
+        let known = |names: Vec<String>, receipts: Vec<DeliveryRecord>| {
+            let mut all: Vec<String> = names
+                .into_iter()
+                .filter(|n| n.ends_with(&format!("-{delivery}.json")))
+                .collect();
+            all.extend(receipts.into_iter().map(|r| r.entry));
+            all
+        };
+        let before = known(
+            self.inbox.list().unwrap(),
+            self.ledger.receipts_of_delivery(delivery).await.unwrap(),
+        );
         let state = AppState::new(&self.config, self.inbox.clone());
         let res = app(state)
             .oneshot(signed(event, delivery, &to_vec(payload)))
             .await
             .unwrap();
         assert_eq!(res.status(), 202);
-        let after = self.inbox.list().unwrap();
-        after
-            .into_iter()
-            .find(|n| !before.contains(n))
-            .expect("a new inbox entry")
+        for _ in 0..600 {
+            let now = known(
+                self.inbox.list().unwrap(),
+                self.ledger.receipts_of_delivery(delivery).await.unwrap(),
+            );
+            if let Some(new) = now.into_iter().find(|n| !before.contains(n)) {
+                return new;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the entry of {delivery} is neither in the inbox nor in the ledger");
     }
 
     async fn record(&self, entry: &str) -> DeliveryRecord {
