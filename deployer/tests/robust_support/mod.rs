@@ -272,11 +272,21 @@ impl Daemon {
     /// looks); systemd's `Restart=on-failure` would start it again, and so does this, counting
     /// such retries in [`Daemon::bind_retries`]. Any other early exit fails the test.
     pub fn start(&mut self) {
+        self.start_until(|status| status == 200);
+    }
+
+    /// Starts it and waits only until the endpoint answers at all: `GET /` says 503 while the
+    /// daemon is still starting (e.g. its database is down), yet webhooks are accepted.
+    pub fn start_listening(&mut self) {
+        self.start_until(|status| status != 0);
+    }
+
+    fn start_until(&mut self, ready: fn(u16) -> bool) {
         assert!(self.child.is_none(), "already running");
         let start = Instant::now();
         loop {
             let offset = std::fs::metadata(&self.log_path).map_or(0, |m| m.len());
-            match self.try_start() {
+            match self.try_start(ready) {
                 Ok(()) => return,
                 Err(status) => {
                     let text = std::fs::read(&self.log_path).unwrap_or_default();
@@ -292,7 +302,7 @@ impl Daemon {
         }
     }
 
-    fn try_start(&mut self) -> Result<(), std::process::ExitStatus> {
+    fn try_start(&mut self, ready: fn(u16) -> bool) -> Result<(), std::process::ExitStatus> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -315,7 +325,9 @@ impl Daemon {
         self.starts += 1;
         let start = Instant::now();
         loop {
-            if let Ok((200, _)) = request(self.port, "GET", "/", &[], b"") {
+            if let Ok((status, _)) = request(self.port, "GET", "/", &[], b"")
+                && ready(status)
+            {
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
