@@ -61,6 +61,7 @@ pub async fn run_with_ready(
         let _ = server.await;
         return Ok(());
     };
+    state.attach_ledger(ledger.clone());
     let dispatcher = tokio::spawn(dispatch::run(
         Arc::clone(&config),
         ledger.clone(),

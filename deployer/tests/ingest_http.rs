@@ -489,3 +489,52 @@ async fn bodies_in_flight_share_a_budget() {
 
     assert_eq!(f.inbox.list().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn run_page_shows_the_record_but_not_the_log() {
+    use deployer::ledger::Ledger;
+    use deployer::worker::{Run, RunStatus};
+    let f = fixture("");
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+
+    let (status, _) = send(&f.state, get("/deployments/demo/runs/r1")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "no ledger yet");
+
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        f._dir.path().join("l.sqlite3").display()
+    );
+    let ledger = Ledger::open(&url).await.unwrap();
+    ledger
+        .insert_run(&Run {
+            id: "r1".into(),
+            deployment: "demo".into(),
+            delivery: "d-1".into(),
+            sha: "a".repeat(40),
+            source: "webhook".into(),
+            status: RunStatus::Failed,
+            started_at: 1_000,
+            finished_at: Some(2_000),
+            log_path: Some("/secret/place/r1.log".into()),
+            error: Some("pnpm build exited with status 1".into()),
+        })
+        .await
+        .unwrap();
+    f.state.attach_ledger(ledger);
+
+    let (status, body) = send(&f.state, get("/deployments/demo/runs/r1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["sha"], "a".repeat(40));
+    assert_eq!(body["error"], "pnpm build exited with status 1");
+    assert!(!body.to_string().contains("/secret/place"), "{body}");
+
+    let (status, _) = send(&f.state, get("/deployments/other/runs/r1")).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a run is only shown under its deployment"
+    );
+    let (status, _) = send(&f.state, get("/deployments/demo/runs/nope")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -2,14 +2,15 @@
 //! inbox before answering 202; `GET /` says the service is up. Nothing here waits for the
 //! database or for a deploy, so GitHub's 10-second deadline only covers a verified fsync.
 
+mod runs;
 mod serve;
 pub mod signature;
 mod source;
 mod webhook;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -18,6 +19,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{get, post};
 
 use crate::config::{Config, IpNetwork, Secret};
+use crate::ledger::Ledger;
 use crate::queue::Queue;
 
 pub use serve::{HEADER_READ_TIMEOUT, serve, serve_with_header_timeout};
@@ -51,6 +53,8 @@ struct Inner {
     /// False while the daemon is still opening the ledger and starting the dispatcher and
     /// workers: deliveries are accepted, `GET /` says `starting`.
     started: Arc<AtomicBool>,
+    /// Set once the ledger opens; the run pages answer 503 until then.
+    ledger: Arc<OnceLock<Ledger>>,
 }
 
 impl AppState {
@@ -64,6 +68,7 @@ impl AppState {
                 body_read_timeout: BODY_READ_TIMEOUT,
                 body_budget: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_KIB)),
                 started: Arc::new(AtomicBool::new(true)),
+                ledger: Arc::new(OnceLock::new()),
             }),
         }
     }
@@ -101,6 +106,15 @@ impl AppState {
         self.inner.started.store(true, Ordering::Release);
     }
 
+    /// Gives the run pages their ledger (once; later calls are ignored).
+    pub fn attach_ledger(&self, ledger: Ledger) {
+        let _ = self.inner.ledger.set(ledger);
+    }
+
+    fn ledger(&self) -> Option<&Ledger> {
+        self.inner.ledger.get()
+    }
+
     pub fn inbox(&self) -> &Queue {
         &self.inner.inbox
     }
@@ -111,6 +125,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(health))
         .route("/github-webhook", post(webhook::receive))
+        .route("/deployments/{deployment}/runs/{run}", get(runs::show))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
