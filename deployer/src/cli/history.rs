@@ -111,33 +111,15 @@ fn print_table(items: &[Item]) {
             ]
         })
         .collect();
-    let header = [
-        "RECEIVED",
-        "DELIVERY",
-        "EVENT",
-        "OUTCOME",
-        "DEPLOYMENTS",
-        "REASON",
-    ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(&header.map(str::to_owned));
-    for row in &rows {
-        line(row);
-    }
+    super::print_table(
+        [
+            "RECEIVED",
+            "DELIVERY",
+            "EVENT",
+            "OUTCOME",
+            "DEPLOYMENTS",
+            "REASON",
+        ],
+        &rows,
+    );
 }

@@ -78,3 +78,78 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// Logs to stderr (the journal under systemd), colours only on a terminal; `RUST_LOG` filters.
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// SIGTERM or SIGINT, whichever comes first.
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// Prints `rows` under `header` in left-aligned columns (the last one unpadded).
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    print!("{}", format_table(header, rows));
+}
+
+fn format_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; N]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for row in rows {
+        line(row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tables_align_on_the_widest_cell() {
+        let rows = [
+            ["durhack".to_owned(), "ok".to_owned(), "1".to_owned()],
+            ["x".to_owned(), "superseded".to_owned(), "".to_owned()],
+        ];
+        assert_eq!(
+            super::format_table(["NAME", "STATUS", "Q"], &rows),
+            "NAME     STATUS      Q\ndurhack  ok          1\nx        superseded\n"
+        );
+    }
+}

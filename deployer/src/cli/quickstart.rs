@@ -170,14 +170,7 @@ Ctrl-C stops it; running quickstart again carries on where it left off.
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    super::init_logging();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let listen = config.listen;
     runtime
@@ -185,10 +178,10 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             let shutdown = CancellationToken::new();
             let on_signal = shutdown.clone();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                super::wait_for_signal().await;
                 eprintln!("stopping (Ctrl-C again to force)");
                 on_signal.cancel();
-                wait_for_signal().await;
+                super::wait_for_signal().await;
                 std::process::exit(130);
             });
             crate::daemon::run_with_ready(config, shutdown, |addr| {
@@ -207,22 +200,6 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             }
         })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Ctrl-C or SIGTERM, whichever comes first.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers there is nothing to wait for; never resolve.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
 }
 
 // ---- the demo repository, written with git's plumbing (no working tree, no user config) ----

@@ -138,33 +138,15 @@ fn print_table(statuses: &[Status]) {
             ]
         })
         .collect();
-    let header = [
-        "NAME",
-        "REPOSITORY",
-        "BRANCH",
-        "DEPLOYED",
-        "LAST RUN",
-        "QUEUED",
-    ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[&str]| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
-    }
+    super::print_table(
+        [
+            "NAME",
+            "REPOSITORY",
+            "BRANCH",
+            "DEPLOYED",
+            "LAST RUN",
+            "QUEUED",
+        ],
+        &rows,
+    );
 }
