@@ -7,7 +7,7 @@
 #   scripts/soak.sh            # one round
 #   ROUNDS=5 scripts/soak.sh   # five rounds
 #   DURHACK_SEED=123 scripts/soak.sh
-#   KNOWN_BUGS=1 scripts/soak.sh   # also the ignored tests that document open bugs
+#   KNOWN_BUGS=1 scripts/soak.sh   # also any #[ignore]d test that documents an open bug
 #
 # Needs what the bounded suites need: git, root (tmpfs mounts, the helper), nginx, PostgreSQL
 # server binaries, redis-server and redis-cli, setpriv. Stops at the first failing round and
@@ -30,7 +30,7 @@ run() {
     local start=$SECONDS
     if ! "$@" >>"$log" 2>&1; then
         echo "FAILED after $((SECONDS - start)) s: $*; see $log" >&2
-        grep -E '^\[(robust|hostile)|panicked|seed' "$log" | tail -n 20 >&2 || true
+        grep -oE '\[(robust|hostile)[^]]*\].*|panicked.*' "$log" | tail -n 20 >&2 || true
         exit 1
     fi
     echo "    ok in $((SECONDS - start)) s" | tee -a "$log"
@@ -45,4 +45,4 @@ for round in $(seq 1 "$rounds"); do
     run cargo test --quiet -p privhelper --test hostile_clients -- --nocapture --test-threads=1 "${ignored[@]}"
 done
 echo "=== counts printed by the suites:"
-grep -E '^\[(robust|hostile)' "$log"
+grep -oE '\[(robust|hostile)[^]]*\].*' "$log"
