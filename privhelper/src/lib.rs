@@ -8,5 +8,6 @@
 pub mod actions;
 pub mod checker;
 pub mod command;
+pub mod log;
 pub mod policy;
 pub mod server;

@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use privhelper::log::{self, Level};
 use privhelper::policy::{DEFAULT_POLICY_PATH, Policy};
 use privhelper::{checker, server};
 
@@ -48,18 +49,10 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PRIVHELPER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            log::write(Level::Error, format_args!("{e}"));
             ExitCode::FAILURE
         }
     }
@@ -69,8 +62,11 @@ fn run() -> Result<(), String> {
     let args = parse_args()?;
     let is_root = nix::unistd::Uid::effective().is_root();
     if args.dev_insecure {
-        tracing::warn!(
-            "*** --dev-insecure: NOT checking that we are root or that the policy and conf dir are root-only. Never use this in production. ***"
+        log::write(
+            Level::Warn,
+            format_args!(
+                "*** --dev-insecure: NOT checking that we are root or that the policy and conf dir are root-only. Never use this in production. ***"
+            ),
         );
     } else if !is_root {
         return Err("must run as root (use --dev-insecure only for development)".into());
@@ -94,8 +90,18 @@ fn run() -> Result<(), String> {
     if is_root {
         server::drop_privileges()?;
     } else {
-        tracing::warn!("*** not root (--dev-insecure): capabilities are not dropped ***");
+        log::write(
+            Level::Warn,
+            format_args!("*** not root (--dev-insecure): capabilities are not dropped ***"),
+        );
     }
-    tracing::info!(socket = %policy.socket.display(), client_uid = policy.client_uid, "serving");
+    log::write(
+        Level::Info,
+        format_args!(
+            "serving on {} for uid {}",
+            policy.socket.display(),
+            policy.client_uid
+        ),
+    );
     server::serve(&policy, &listener)
 }

@@ -233,7 +233,6 @@ impl PrivHelper {
         let child = Command::new(binary())
             .arg("--policy")
             .arg(policy)
-            .env("PRIVHELPER_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
