@@ -4,29 +4,24 @@
 
 use std::io::Write;
 
-#[derive(Clone, Copy, Debug)]
-pub enum Level {
-    Error,
-    Warn,
-    Info,
-}
-
-pub fn write(level: Level, message: std::fmt::Arguments<'_>) {
-    let (priority, word) = match level {
-        Level::Error => ("<3>", "error"),
-        Level::Warn => ("<4>", "warn"),
-        Level::Info => ("<6>", "info"),
+/// `level` is a syslog priority: 3 error, 4 warning, 6 info.
+pub fn write(level: u8, message: std::fmt::Arguments<'_>) {
+    let word = match level {
+        0..=3 => "error",
+        4 => "warn",
+        _ => "info",
     };
-    let priority = if std::env::var_os("JOURNAL_STREAM").is_some() {
-        priority
-    } else {
-        ""
-    };
+    let mut err = std::io::stderr().lock();
     // A log line that cannot be written must not stop a request from being answered.
-    let _ = writeln!(std::io::stderr().lock(), "{priority}{word}: {message}");
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        let _ = write!(err, "<{level}>");
+    }
+    let _ = writeln!(err, "{word}: {message}");
 }
 
-macro_rules! error { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($t)*)) } }
-macro_rules! warning { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($t)*)) } }
-macro_rules! info { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) } }
-pub(crate) use {error, info, warning};
+#[macro_export]
+macro_rules! error { ($($t:tt)*) => { $crate::log::write(3, format_args!($($t)*)) } }
+#[macro_export]
+macro_rules! warning { ($($t:tt)*) => { $crate::log::write(4, format_args!($($t)*)) } }
+#[macro_export]
+macro_rules! info { ($($t:tt)*) => { $crate::log::write(6, format_args!($($t)*)) } }

@@ -12,7 +12,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use privhelper::log::{self, Level};
 use privhelper::policy::{DEFAULT_POLICY_PATH, Policy};
 use privhelper::{checker, server};
 
@@ -52,7 +51,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::write(Level::Error, format_args!("{e}"));
+            privhelper::error!("{e}");
             ExitCode::FAILURE
         }
     }
@@ -62,11 +61,8 @@ fn run() -> Result<(), String> {
     let args = parse_args()?;
     let is_root = nix::unistd::Uid::effective().is_root();
     if args.dev_insecure {
-        log::write(
-            Level::Warn,
-            format_args!(
-                "*** --dev-insecure: NOT checking that we are root or that the policy and conf dir are root-only. Never use this in production. ***"
-            ),
+        privhelper::warning!(
+            "*** --dev-insecure: NOT checking that we are root or that the policy and conf dir are root-only. Never use this in production. ***"
         );
     } else if !is_root {
         return Err("must run as root (use --dev-insecure only for development)".into());
@@ -90,18 +86,9 @@ fn run() -> Result<(), String> {
     if is_root {
         server::drop_privileges()?;
     } else {
-        log::write(
-            Level::Warn,
-            format_args!("*** not root (--dev-insecure): capabilities are not dropped ***"),
-        );
+        privhelper::warning!("*** not root (--dev-insecure): capabilities are not dropped ***");
     }
-    log::write(
-        Level::Info,
-        format_args!(
-            "serving on {} for uid {}",
-            policy.socket.display(),
-            policy.client_uid
-        ),
-    );
+    let socket = policy.socket.display();
+    privhelper::info!("serving on {socket} for uid {}", policy.client_uid);
     server::serve(&policy, &listener)
 }

@@ -59,7 +59,7 @@ fn serr<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
 /// stdin, which std lets us borrow safely.
 pub fn listen(policy: &Policy) -> Result<UnixListener, String> {
     if let Some(listener) = inherited_listener() {
-        crate::log::info!(
+        crate::info!(
             "using the activated socket on stdin: {:?}",
             listener.local_addr().ok()
         );
@@ -113,7 +113,7 @@ pub fn drop_privileges() -> Result<(), String> {
     caps::set(None, CapSet::Permitted, &keep).map_err(serr("cannot set the permitted set"))?;
     nix::sys::prctl::set_dumpable(false).map_err(serr("cannot make the process non-dumpable"))?;
     let left = caps::read(None, CapSet::Permitted).map_err(serr("cannot read capabilities"))?;
-    crate::log::info!("dropped capabilities; kept {left:?}");
+    crate::info!("dropped capabilities; kept {left:?}");
     Ok(())
 }
 
@@ -124,7 +124,7 @@ pub fn serve(policy: &Policy, listener: &UnixListener) -> Result<(), String> {
             Ok((stream, _)) => serve_one(policy, stream),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                crate::log::error!("accept failed: {e}");
+                crate::error!("accept failed: {e}");
                 // Avoid a hot loop on a persistent error such as EMFILE.
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -153,7 +153,7 @@ fn serve_one(policy: &Policy, mut stream: UnixStream) {
     let (uid, pid) = match getsockopt(&stream, sockopt::PeerCredentials) {
         Ok(c) => (c.uid(), c.pid()),
         Err(e) => {
-            crate::log::warning!("cannot read peer credentials, closing: {e}");
+            crate::warning!("cannot read peer credentials, closing: {e}");
             return;
         }
     };
@@ -209,7 +209,7 @@ fn serve_one(policy: &Policy, mut stream: UnixStream) {
         frame::write(&mut stream, &response).and_then(|()| stream.flush().map_err(FrameError::Io));
     log_request((uid, pid), verb, &site, &decision, started);
     if let Err(e) = written {
-        crate::log::warning!("peer_pid={pid} could not send the response: {e}");
+        crate::warning!("peer_pid={pid} could not send the response: {e}");
     }
 }
 
@@ -217,7 +217,7 @@ fn serve_one(policy: &Policy, mut stream: UnixStream) {
 fn log_request(peer: (u32, i32), verb: &str, site: &str, decision: &str, started: Instant) {
     let duration_ms = started.elapsed().as_millis() as u64;
     let (peer_uid, peer_pid) = peer;
-    crate::log::info!(
+    crate::info!(
         "peer_uid={peer_uid} peer_pid={peer_pid} verb={verb} site={site:?} decision={decision:?} duration_ms={duration_ms}"
     );
 }
