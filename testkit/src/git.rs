@@ -5,7 +5,7 @@
 //! let repo = testkit::git::Remote::new("main");
 //! let sha = repo.commit("first", &[("index.html", "hello")]);
 //! repo.push();
-//! assert_eq!(testkit::git::head(repo.work()), sha);
+//! assert_eq!(testkit::git::head(&repo.work()), sha);
 //! ```
 
 use std::path::{Path, PathBuf};
