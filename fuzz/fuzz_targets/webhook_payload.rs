@@ -2,7 +2,7 @@
 //! signed body is posted to `POST /github-webhook` (the axum router, in-process), and
 //! - the handler never panics and never answers 5xx or 401 (the signature is right);
 //! - a 202 leaves exactly one inbox entry, and that entry reads back the way the dispatcher reads
-//!   it (`InboxEntry<serde_json::Value>`) with the same event, delivery and payload: a delivery
+//!   it (`InboxEntry<EventFields>`) with the same event, delivery and payload: a delivery
 //!   we acknowledge must never be one the dispatcher then sets aside as unreadable;
 //! - a refusal leaves nothing in the inbox;
 //! - `route(config, event, payload)` never panics, and whatever it queues is an enabled
@@ -22,11 +22,10 @@ use std::sync::OnceLock;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use deployer::config::Config;
-use deployer::dispatch::{InboxEntry, inbox_dir, is_sha, route};
+use deployer::dispatch::{EventFields, InboxEntry, inbox_dir, is_sha, route};
 use deployer::http::{AppState, app, signature};
 use deployer::queue::Queue;
 use libfuzzer_sys::fuzz_target;
-use serde_json::Value;
 use tower::ServiceExt;
 
 const SECRET: &str = "fuzz-secret";
@@ -147,7 +146,7 @@ fuzz_target!(|data: &[u8]| {
 
     // Exactly how dispatch::handle reads it; failing here means the dispatcher would move an
     // acknowledged delivery aside as unreadable.
-    let entry: InboxEntry<Value> = match serde_json::from_slice(&contents) {
+    let entry: InboxEntry<EventFields> = match serde_json::from_slice(&contents) {
         Ok(e) => e,
         Err(e) => panic!(
             "202, but the dispatcher cannot read the entry: {e}\n{}",

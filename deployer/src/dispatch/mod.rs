@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use route::{Push, Routing, is_sha, route};
+pub use route::{EventFields, Push, Routing, is_sha, route};
 
 use crate::config::Config;
 use crate::ledger::{Claim, DeliveryRecord, Ledger, LedgerError, Outcome};
@@ -151,7 +151,7 @@ pub async fn run(
 
 /// Handles one inbox entry, up to and including its ledger record (not the file's removal).
 pub async fn handle(config: &Config, ledger: &Ledger, entry: &Entry) -> Result<(), DispatchError> {
-    let parsed: InboxEntry<serde_json::Value> = match serde_json::from_slice(&entry.contents) {
+    let parsed: InboxEntry<EventFields> = match serde_json::from_slice(&entry.contents) {
         Ok(p) => p,
         Err(e) => {
             // We wrote it after validating it, so this is disk damage or a hand-made file: keep
@@ -172,7 +172,7 @@ async fn handle_parsed(
     config: &Config,
     ledger: &Ledger,
     name: &str,
-    entry: &InboxEntry<serde_json::Value>,
+    entry: &InboxEntry<EventFields>,
 ) -> Result<(), DispatchError> {
     if ledger.delivery_recorded(name).await? {
         tracing::info!(entry = %name, "already recorded before a restart");
@@ -244,7 +244,7 @@ async fn handle_parsed(
 async fn enqueue(
     config: &Config,
     name: &str,
-    entry: &InboxEntry<serde_json::Value>,
+    entry: &InboxEntry<EventFields>,
     push: &Push,
     deployments: &[String],
 ) -> Result<(), DispatchError> {

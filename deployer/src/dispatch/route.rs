@@ -1,5 +1,6 @@
 //! Which deployments an event concerns: pure, so every GitHub shape is tested without I/O.
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::Config;
@@ -36,15 +37,33 @@ impl Routing {
     }
 }
 
+/// The parts of an event payload that routing reads. Everything else (a push's `commits` can be
+/// most of a 25 MB payload) is skipped while parsing and never built into a tree.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventFields {
+    #[serde(rename = "ref")]
+    pub git_ref: Option<Value>,
+    pub after: Option<Value>,
+    pub before: Option<Value>,
+    pub deleted: Option<Value>,
+    pub repository: Option<Value>,
+    pub hook_id: Option<Value>,
+}
+
+fn as_str(field: &Option<Value>) -> Option<&str> {
+    field.as_ref().and_then(Value::as_str)
+}
+
 pub fn is_sha(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-pub fn route(config: &Config, event: &str, payload: &Value) -> Routing {
+pub fn route(config: &Config, event: &str, payload: &EventFields) -> Routing {
     match event {
         "ping" => {
             let hook = payload
-                .get("hook_id")
+                .hook_id
+                .as_ref()
                 .and_then(Value::as_u64)
                 .map(|id| format!(" from hook {id}"))
                 .unwrap_or_default();
@@ -61,16 +80,17 @@ pub fn route(config: &Config, event: &str, payload: &Value) -> Routing {
     }
 }
 
-fn route_push(config: &Config, payload: &Value) -> Routing {
-    let str_at = |key: &str| payload.get(key).and_then(Value::as_str);
+fn route_push(config: &Config, payload: &EventFields) -> Routing {
     let mut push = Push {
         repository: payload
-            .pointer("/repository/full_name")
+            .repository
+            .as_ref()
+            .and_then(|r| r.get("full_name"))
             .and_then(Value::as_str)
             .map(str::to_owned),
         ..Push::default()
     };
-    let Some(git_ref) = str_at("ref") else {
+    let Some(git_ref) = as_str(&payload.git_ref) else {
         return Routing::ignore(push, "malformed push: no `ref`");
     };
     let Some(branch) = git_ref.strip_prefix("refs/heads/") else {
@@ -85,8 +105,8 @@ fn route_push(config: &Config, payload: &Value) -> Routing {
     let Some(repository) = push.repository.clone() else {
         return Routing::ignore(push, "malformed push: no `repository.full_name`");
     };
-    let after = str_at("after").unwrap_or("");
-    let deleted = payload.get("deleted").and_then(Value::as_bool) == Some(true);
+    let after = as_str(&payload.after).unwrap_or("");
+    let deleted = payload.deleted.as_ref().and_then(Value::as_bool) == Some(true);
     if deleted || after == ZERO_SHA {
         return Routing::ignore(push, format!("branch {branch} of {repository} was deleted"));
     }
@@ -94,7 +114,7 @@ fn route_push(config: &Config, payload: &Value) -> Routing {
         return Routing::ignore(push, "malformed push: `after` is not a commit id");
     }
     push.sha = Some(after.to_ascii_lowercase());
-    push.before = str_at("before")
+    push.before = as_str(&payload.before)
         .filter(|b| is_sha(b) && *b != ZERO_SHA)
         .map(str::to_ascii_lowercase);
     let deployments: Vec<String> = config

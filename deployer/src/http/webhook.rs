@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use tracing::Instrument;
 
 use super::{AppState, MAX_BODY, signature, source};
-use crate::dispatch::{InboxEntry, now_ms};
+use crate::dispatch::{EventFields, InboxEntry, now_ms};
 
 /// A request we refuse, with the reason we log and return.
 #[derive(Debug)]
@@ -219,6 +219,12 @@ async fn ingest(
             format!("the payload is not valid JSON: {e}"),
         )
     })?;
+    if nesting_depth(payload.get().as_bytes()) > MAX_PAYLOAD_DEPTH {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            format!("the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels"),
+        ));
+    }
 
     let entry = InboxEntry {
         event,
@@ -233,9 +239,9 @@ async fn ingest(
             format!("encoding the inbox entry: {e}"),
         )
     })?;
-    // `RawValue` checks no nesting depth, but the dispatcher reads the entry back with
-    // serde_json's depth limit: refuse here what it would set aside unread.
-    if let Err(e) = serde_json::from_slice::<InboxEntry<serde_json::Value>>(&bytes) {
+    // Read the entry back exactly as the dispatcher will: refuse here what it would set aside
+    // unread (a duplicated routing field, say) rather than acknowledge it.
+    if let Err(e) = serde_json::from_slice::<InboxEntry<EventFields>>(&bytes) {
         return Err(reject(
             StatusCode::BAD_REQUEST,
             format!("the payload is not usable JSON: {e}"),
@@ -286,5 +292,50 @@ async fn read_body(body: Body, timeout: std::time::Duration) -> Result<bytes::By
             format!("reading the body: {e}"),
         )),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// GitHub's payloads nest a handful of levels. Deeper is not from GitHub, and refusing it keeps
+/// every accepted entry well inside serde_json's recursion limit (128) wherever it is read.
+const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// The deepest nesting of arrays and objects in `json`, which is valid JSON (`RawValue` checked
+/// it without a depth limit), counted without building anything.
+fn nesting_depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nesting_depth;
+
+    #[test]
+    fn nesting_depth_counts_containers_outside_strings() {
+        assert_eq!(nesting_depth(b"1"), 0);
+        assert_eq!(nesting_depth(br#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(nesting_depth(br#"{"a":"[[[{{{\"]]]"}"#), 1);
+        assert_eq!(nesting_depth(br#"[{},[],{"x":[[]]}]"#), 4);
     }
 }
