@@ -138,12 +138,10 @@ obs.append(
     f"- The deployer's peak for the {int(size25m) / 1e6:.0f} MB delivery, "
     f"{int(mem['ours_hwm_after_dispatch_kib']) / 1024:.0f} MiB (about "
     f"{(int(mem['ours_hwm_after_dispatch_kib']) - int(mem['ours_idle_rss_kib'])) / 1024 / body_mib:.0f}x "
-    "the body above idle), is mostly its dispatcher, which reads the inbox entry back and parses "
-    "all of it into a `serde_json::Value` to route it (VmHWM read right after the 202 was "
-    f"{int(mem['ours_hwm_after_202_kib']) / 1024:.0f} MiB, and the dispatcher may already have "
-    "started by then). How much the two overlap varies from run to run, and so does the peak. "
-    "Routing reads five fields (ref, after, before, deleted, repository.full_name): a typed "
-    "partial parse would cut most of it.")
+    "the body above idle), is the endpoint's: the body as received and the inbox entry written "
+    "from it. The dispatcher reads the entry back but parses only the fields routing needs "
+    "(ref, after, before, deleted, repository, hook_id), skipping the rest unbuilt (VmHWM read "
+    f"right after the 202 was {int(mem['ours_hwm_after_202_kib']) / 1024:.0f} MiB).")
 observations = "\n".join(obs) + "\n"
 md = f"""# Benchmarks
 
