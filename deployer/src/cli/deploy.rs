@@ -44,23 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             sha
         }
-        None => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime
-                .block_on(crate::worker::ls_remote_head(
-                    &deployment.remote,
-                    &deployment.branch,
-                ))
-                .with_context(|| format!("asking {} for {}", deployment.remote, deployment.branch))?
-                .with_context(|| {
-                    format!(
-                        "{} has no branch `{}`",
-                        deployment.remote, deployment.branch
-                    )
-                })?
-        }
+        None => super::remote_branch_head(deployment)?,
     };
     let now = time::OffsetDateTime::now_utc();
     let delivery = format!("cli-{}", crate::worker::new_run_id());

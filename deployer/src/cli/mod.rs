@@ -79,6 +79,27 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The commit `deployment`'s branch points at on its remote (`git ls-remote`), as GitHub would
+/// report it in a push.
+fn remote_branch_head(deployment: &crate::config::Deployment) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(crate::worker::ls_remote_head(
+            &deployment.remote,
+            &deployment.branch,
+        ))
+        .with_context(|| format!("asking {} for {}", deployment.remote, deployment.branch))?
+        .with_context(|| {
+            format!(
+                "{} has no branch `{}`: pass --sha",
+                deployment.remote, deployment.branch
+            )
+        })
+}
+
 /// Logs to stderr (the journal under systemd), colours only on a terminal; `RUST_LOG` filters.
 fn init_logging() {
     let _ = tracing_subscriber::fmt()

@@ -79,12 +79,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         let sha = match args.sha {
             Some(sha) => {
-                if !is_sha(&sha) {
+                if !crate::dispatch::is_sha(&sha) {
                     bail!("--sha must be a full 40-hex commit id, not `{sha}`");
                 }
                 sha.to_ascii_lowercase()
             }
-            None => remote_head(&deployment.remote, &deployment.branch)?,
+            None => super::remote_branch_head(deployment)?,
         };
         (None, sha)
     };
@@ -205,34 +205,6 @@ fn default_url(listen: SocketAddr) -> String {
     )
 }
 
-fn is_sha(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// The commit `branch` points at on `remote`, as GitHub would report it in the push.
-fn remote_head(remote: &str, branch: &str) -> anyhow::Result<String> {
-    let reference = format!("refs/heads/{branch}");
-    let out = Command::new("git")
-        .args(["ls-remote", "--", remote, &reference])
-        .stdin(Stdio::null())
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .context("cannot run git (is it installed?)")?;
-    if !out.status.success() {
-        bail!(
-            "git ls-remote {remote} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter_map(|l| l.split_once('\t'))
-        .find(|(_, r)| *r == reference)
-        .map(|(sha, _)| sha.to_owned())
-        .filter(|sha| is_sha(sha))
-        .with_context(|| format!("branch `{branch}` not found at {remote}: pass --sha"))
-}
-
 /// A GitHub-style delivery id (a random UUID v4).
 fn delivery_id() -> anyhow::Result<String> {
     let mut b = [0u8; 16];
@@ -342,7 +314,7 @@ fn push_payload(
                     .output()
                     .ok()?;
                 let sha = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                (out.status.success() && is_sha(&sha)).then_some(sha)
+                (out.status.success() && crate::dispatch::is_sha(&sha)).then_some(sha)
             })
             .unwrap_or_else(|| after.to_owned())
     });
