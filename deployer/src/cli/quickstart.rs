@@ -373,6 +373,11 @@ fn git(
         .stdin(Stdio::null())
         .output()
         .context("cannot run git (is it installed?)")?;
+    git_stdout(args, &out)
+}
+
+/// `git`'s stdout, or an error naming the command with its stderr.
+fn git_stdout(args: &[&str], out: &std::process::Output) -> anyhow::Result<String> {
     if !out.status.success() {
         bail!(
             "git {} failed: {}",
@@ -400,14 +405,7 @@ fn git_with_input(git_dir: &Path, args: &[&str], input: &str) -> anyhow::Result<
         .context("git's stdin")?
         .write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "git {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    git_stdout(args, &out)
 }
 
 #[cfg(test)]
