@@ -4,6 +4,7 @@
 //! fails the test loudly; elsewhere it prints why and the test returns early.
 
 pub mod git;
+pub mod netns;
 pub mod nginx;
 pub mod pebble;
 pub mod prereq;

@@ -10,6 +10,13 @@
 //!
 //! Sites should `listen 127.0.0.1:<port>` ([`Nginx::listen`]). The default server answers 404
 //! for hosts no site claims.
+//!
+//! [`Nginx::start_on_80_443`] starts a production-like instance instead: the main conf listens
+//! on ports 80 and 443 (IPv4, and IPv6 when the loopback has it) with a `default_server`
+//! catch-all answering 404 (443 with a self-signed certificate, [`Nginx::default_cert`]), no
+//! ACME location of its own (sites include `snippets/acme-challenge.conf`), and workers running
+//! as `www-data` when that user exists. It only runs in a private network namespace
+//! ([`crate::netns`]), so it never takes the machine's own ports.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -25,6 +32,19 @@ pub struct Nginx {
     dir: tempfile::TempDir,
     port: u16,
     program: PathBuf,
+    /// What sites put after `listen` (`127.0.0.1:<port>`, or `80` on the 80/443 instance).
+    listen: String,
+    /// Does the main conf also listen on `[::]` (80/443 instance only)?
+    ipv6: bool,
+}
+
+/// Which main conf to write.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Layout {
+    /// A free loopback port, the ACME webroot served for every host, workers as root.
+    Loopback,
+    /// 80 and 443 on every address, a 404 catch-all, workers as www-data.
+    Production { ipv6: bool },
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
@@ -45,6 +65,29 @@ impl Nginx {
     /// Starts nginx, or returns `None` (after [`prereq::require`]'s loud notice; a failure under
     /// CI) when nginx is not installed.
     pub fn start() -> Option<Nginx> {
+        Nginx::start_with(Layout::Loopback)
+    }
+
+    /// Starts the production-like instance on ports 80 and 443 (see the module docs), or returns
+    /// `None` like [`Nginx::start`]. Panics outside a private network namespace.
+    pub fn start_on_80_443() -> Option<Nginx> {
+        assert!(
+            crate::netns::is_private(),
+            "Nginx::start_on_80_443 runs only inside a private network namespace (testkit::netns)"
+        );
+        if !prereq::require(
+            "openssl",
+            prereq::have_program("openssl"),
+            "the default server's self-signed certificate",
+        ) {
+            return None;
+        }
+        // IPv6 loopback may be disabled; then the instance (and its sites) are IPv4 only.
+        let ipv6 = TcpListener::bind("[::1]:0").is_ok();
+        Nginx::start_with(Layout::Production { ipv6 })
+    }
+
+    fn start_with(layout: Layout) -> Option<Nginx> {
         let program = find_program("nginx");
         if !prereq::require("nginx", program.is_some(), "tests against a real nginx") {
             return None;
@@ -60,6 +103,43 @@ impl Nginx {
         }
         // Workers may run as another user: let them traverse into the prefix.
         set_mode(prefix, 0o755);
+        let p = prefix.display();
+        let (port, conf) = match layout {
+            Layout::Loopback => Nginx::loopback_conf(prefix),
+            Layout::Production { ipv6 } => Nginx::production_conf(prefix, ipv6),
+        };
+        std::fs::write(prefix.join("conf/nginx.conf"), conf).expect("write nginx.conf");
+        std::fs::write(
+            prefix.join("snippets/acme-challenge.conf"),
+            format!("location /.well-known/acme-challenge/ {{ root {p}/acme; }}\n"),
+        )
+        .expect("write acme snippet");
+        let (listen, ipv6) = match layout {
+            Layout::Loopback => (format!("127.0.0.1:{port}"), false),
+            Layout::Production { ipv6 } => (port.to_string(), ipv6),
+        };
+        let nginx = Nginx {
+            dir,
+            port,
+            program,
+            listen,
+            ipv6,
+        };
+        let out = Command::new(&nginx.program)
+            .args(nginx.base_args())
+            .output()
+            .expect("run nginx");
+        assert!(
+            out.status.success(),
+            "nginx did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        nginx.wait_until_serving();
+        Some(nginx)
+    }
+
+    /// The main conf of [`Nginx::start`], and its port.
+    fn loopback_conf(prefix: &Path) -> (u16, String) {
         let port = free_port();
         let p = prefix.display();
         // As root, run workers as root too, so tests may serve content from private temp
@@ -94,24 +174,72 @@ http {{
 }}
 "
         );
-        std::fs::write(prefix.join("conf/nginx.conf"), conf).expect("write nginx.conf");
-        std::fs::write(
-            prefix.join("snippets/acme-challenge.conf"),
-            format!("location /.well-known/acme-challenge/ {{ root {p}/acme; }}\n"),
-        )
-        .expect("write acme snippet");
-        let nginx = Nginx { dir, port, program };
-        let out = Command::new(&nginx.program)
-            .args(nginx.base_args())
+        (port, conf)
+    }
+
+    /// The main conf of [`Nginx::start_on_80_443`] (port 80), with a fresh self-signed
+    /// certificate for the default server in `default-tls/`.
+    fn production_conf(prefix: &Path, ipv6: bool) -> (u16, String) {
+        let tls = prefix.join("default-tls");
+        std::fs::create_dir_all(&tls).expect("create default-tls");
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=default-server.invalid"])
+            .args(["-keyout", "key.pem", "-out", "cert.pem"])
+            .current_dir(&tls)
             .output()
-            .expect("run nginx");
+            .expect("run openssl");
         assert!(
             out.status.success(),
-            "nginx did not start: {}",
+            "openssl req -x509: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        nginx.wait_until_serving();
-        Some(nginx)
+        let p = prefix.display();
+        // Production workers are not root: serve as www-data (Debian's nginx user) if it exists.
+        let user = if prereq::is_root() && prereq::user_exists("www-data") {
+            "user www-data www-data;"
+        } else if prereq::is_root() {
+            "user root root;"
+        } else {
+            ""
+        };
+        let v6 = |l: &str| {
+            if ipv6 {
+                format!("\n        listen [::]:{l} default_server;")
+            } else {
+                String::new()
+            }
+        };
+        let (v6_80, v6_443) = (v6("80"), v6("443 ssl"));
+        let conf = format!(
+            "{user}
+daemon on;
+worker_processes 1;
+pid {p}/logs/nginx.pid;
+error_log {p}/logs/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {p}/logs/access.log;
+    client_body_temp_path {p}/tmp/client_body;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;
+    default_type text/plain;
+    server {{
+        listen 80 default_server;{v6_80}
+        listen 443 ssl default_server;{v6_443}
+        server_name _;
+        ssl_certificate {p}/default-tls/cert.pem;
+        ssl_certificate_key {p}/default-tls/key.pem;
+        location / {{ return 404 \"default server\\n\"; }}
+    }}
+    include {p}/sites/*.conf;
+}}
+"
+        );
+        (80, conf)
     }
 
     fn base_args(&self) -> Vec<String> {
@@ -142,9 +270,25 @@ http {{
         self.port
     }
 
-    /// `listen 127.0.0.1:<port>` for a site conf.
+    /// What a site conf puts after `listen`: `127.0.0.1:<port>`, or `80` on the 80/443
+    /// instance.
     pub fn listen(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.listen.clone()
+    }
+
+    /// Does the main conf (80/443 instance) also listen on `[::]`?
+    pub fn ipv6(&self) -> bool {
+        self.ipv6
+    }
+
+    /// The master's pid file (`pid` in the main conf).
+    pub fn pid_file(&self) -> PathBuf {
+        self.prefix().join("logs/nginx.pid")
+    }
+
+    /// The default server's self-signed certificate (80/443 instance).
+    pub fn default_cert(&self) -> PathBuf {
+        self.prefix().join("default-tls/cert.pem")
     }
 
     pub fn prefix(&self) -> &Path {
@@ -192,7 +336,7 @@ http {{
 
     /// The master's pid.
     pub fn master_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.prefix().join("logs/nginx.pid"))
+        std::fs::read_to_string(self.pid_file())
             .ok()?
             .trim()
             .parse()
@@ -243,7 +387,17 @@ http {{
 
     /// `GET path` with `Host: host` over HTTP/1.0; returns the status and body.
     pub fn get(&self, host: &str, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to nginx");
+        self.get_at(
+            std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+            host,
+            path,
+        )
+    }
+
+    /// [`Nginx::get`] against `addr` (for example `[::1]:80`).
+    pub fn get_at(&self, addr: std::net::SocketAddr, host: &str, path: &str) -> (u16, String) {
+        let mut stream =
+            TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to nginx at {addr}: {e}"));
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("set_read_timeout");

@@ -14,6 +14,7 @@ use crate::prereq;
 pub struct Pebble {
     dir: tempfile::TempDir,
     port: u16,
+    management: u16,
     pebble: Child,
     challtestsrv: Child,
 }
@@ -197,6 +198,7 @@ impl Pebble {
         Some(Pebble {
             dir,
             port,
+            management,
             pebble,
             challtestsrv,
         })
@@ -210,6 +212,25 @@ impl Pebble {
     /// The CA that signed pebble's own TLS certificate (certbot must trust it).
     pub fn ca_bundle(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// The root certificate pebble signs with (PEM), from its management API: what a client
+    /// verifying a certificate pebble issued must trust. pebble makes a new root on every
+    /// start. Needs curl.
+    pub fn root_ca_pem(&self) -> String {
+        let out = Command::new("curl")
+            .args(["--silent", "--show-error", "--fail", "--cacert"])
+            .arg(self.ca_bundle())
+            .arg(format!("https://127.0.0.1:{}/roots/0", self.management))
+            .output()
+            .expect("run curl");
+        let pem = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && pem.contains("BEGIN CERTIFICATE"),
+            "fetching pebble's root from its management API: {}{pem}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pem
     }
 
     /// pebble's log (requests it served), for assertions and failure messages.

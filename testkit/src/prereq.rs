@@ -40,3 +40,13 @@ pub fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Does the user `name` exist on this machine?
+pub fn user_exists(name: &str) -> bool {
+    std::process::Command::new("id")
+        .args(["-u", "--", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -35,6 +35,10 @@ pub struct PolicySpec {
     /// `<live_dir>/<site>/`).
     pub cert_live_dir: PathBuf,
     pub command_timeout_secs: u64,
+    /// The policy's `listen` (the `listen` arguments sites may use); omitted when empty.
+    pub listen: Vec<String>,
+    /// The policy's `nginx_pid_file` (the master pid, to confirm reloads); omitted when `None`.
+    pub nginx_pid_file: Option<PathBuf>,
 }
 
 /// The name of the user running this process.
@@ -53,6 +57,8 @@ impl PolicySpec {
             certbot_env: Vec::new(),
             cert_live_dir: nginx.prefix().join("letsencrypt/live"),
             command_timeout_secs: 60,
+            listen: Vec::new(),
+            nginx_pid_file: None,
         }
     }
 
@@ -102,6 +108,12 @@ impl PolicySpec {
             q(&nginx.logs_dir().display().to_string())
         );
         let _ = writeln!(t, "command_timeout_secs = {}", self.command_timeout_secs);
+        if !self.listen.is_empty() {
+            let _ = writeln!(t, "listen = {}", list(&self.listen));
+        }
+        if let Some(pid_file) = &self.nginx_pid_file {
+            let _ = writeln!(t, "nginx_pid_file = {}", q(&pid_file.display().to_string()));
+        }
         let _ = writeln!(t, "[certbot]\nargv = {}", list(&self.certbot_argv));
         let _ = writeln!(
             t,
