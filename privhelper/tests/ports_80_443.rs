@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use protocol::client::Client;
-use protocol::{Domain, Domains, Outcome, Request, Response, SiteConfig, SiteName};
+use protocol::{Domain, Domains, ErrorCode, Outcome, Request, Response, SiteConfig, SiteName};
 use testkit::netns;
 use testkit::nginx::Nginx;
 use testkit::pebble::Pebble;
@@ -146,6 +146,46 @@ fn in_private_namespace(_inner: &netns::Inner) {
         (DEFAULT_ANSWER.0, DEFAULT_ANSWER.1.into())
     );
 
+    // The site's HTTPS server, on the certificate IssueCertificate will put in `live`.
+    let tls = format!(
+        "server {{\n    listen 443 ssl;\n{}    server_name site.test;\n    ssl_certificate {live}/fullchain.pem;\n    ssl_certificate_key {live}/privkey.pem;\n    root {www};\n}}\n",
+        if w.nginx.ipv6() {
+            "    listen [::]:443 ssl;\n"
+        } else {
+            ""
+        },
+        live = w.live.display(),
+        www = w.www.display(),
+    );
+    // Before the certificate exists, nginx -t refuses the HTTPS server: the write is undone and
+    // the port-80 site keeps being served.
+    let response = w.call(&Request::WriteSite {
+        site: w.site.clone(),
+        config: SiteConfig::try_from(format!("{}{tls}", w.http_server())).unwrap(),
+    });
+    match &response {
+        Response::Error {
+            code: ErrorCode::NginxTestFailed,
+            detail,
+        } if detail.as_str().contains("fullchain.pem") => {}
+        other => panic!(
+            "WriteSite with a missing certificate: expected NginxTestFailed naming fullchain.pem, got:\n{}\n{}",
+            describe(other),
+            w.diagnostics()
+        ),
+    }
+    let on_disk = std::fs::read_to_string(w.nginx.sites_dir().join("site.conf")).unwrap();
+    assert!(
+        on_disk.contains("site.test") && !on_disk.contains("ssl_certificate"),
+        "the refused write was undone:\n{on_disk}"
+    );
+    assert_eq!(
+        w.get("site.test"),
+        (200, CONTENT.into()),
+        "{}",
+        w.diagnostics()
+    );
+
     // 4. A real certificate: pebble fetches the token from port 80 through the site's snippet.
     let names = Domains::try_from(vec![Domain::try_from("site.test").unwrap()]).unwrap();
     let response = w.call(&Request::IssueCertificate {
@@ -165,16 +205,6 @@ fn in_private_namespace(_inner: &netns::Inner) {
     assert!(issued.is_file(), "{}", w.diagnostics());
 
     // 5. The same site over HTTPS on 443 with that certificate.
-    let tls = format!(
-        "server {{\n    listen 443 ssl;\n{}    server_name site.test;\n    ssl_certificate {live}/fullchain.pem;\n    ssl_certificate_key {live}/privkey.pem;\n    root {www};\n}}\n",
-        if w.nginx.ipv6() {
-            "    listen [::]:443 ssl;\n"
-        } else {
-            ""
-        },
-        live = w.live.display(),
-        www = w.www.display(),
-    );
     w.write_site(&format!("{}{tls}", w.http_server()));
     w.reload();
     let root = w.scratch.path().join("pebble-root.pem");
@@ -229,12 +259,19 @@ fn in_private_namespace(_inner: &netns::Inner) {
     ] {
         assert!(log.contains(&format!("verb={verb} ")), "{log}");
     }
-    // (`verb=-` lines are the harness's readiness probes: connections closed without a request.)
-    let refused = log
+    // Only the write before the certificate existed was refused. (`verb=-` lines are the
+    // harness's readiness probes: connections closed without a request.)
+    let refused: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("verb=") && !l.contains("verb=- "))
-        .find(|l| l.contains("decision=\"error"));
-    assert_eq!(refused, None, "{log}");
+        .filter(|l| l.contains("decision=\"error"))
+        .collect();
+    assert!(
+        refused.len() == 1
+            && refused[0].contains("verb=write-site")
+            && refused[0].contains("NginxTestFailed"),
+        "{log}"
+    );
     println!("all steps passed; helper log:\n{log}");
 }
 
