@@ -115,8 +115,16 @@ impl InnerRun {
     pub fn assert_success(&self) {
         assert!(
             self.success,
-            "the test inside the network namespace failed ({}); its output is above",
-            self.status
+            "the test inside the network namespace failed ({}); its output is above{}",
+            self.status,
+            if self.leftovers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; it also left processes running (killed now): {:?}",
+                    self.leftovers
+                )
+            }
         );
         assert!(
             self.leftovers.is_empty(),
