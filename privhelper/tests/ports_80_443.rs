@@ -347,8 +347,8 @@ impl World {
     fn curl_https(&self, addr: SocketAddr, ca: Option<&Path>) -> (u16, String) {
         let mut curl = Command::new("curl");
         curl.args(["--silent", "--show-error", "--max-time", "30"])
-            .args(["--resolve", &format!("site.test:443:{}", addr.ip())])
-            .args(["--write-out", "\n%{http_code}"]);
+            .args(["--resolve", &format!("site.test:443:{}", bracketed(addr))])
+            .args(["--write-out", "\n%{remote_ip} %{http_code}"]);
         match ca {
             Some(ca) => curl.arg("--cacert").arg(ca),
             None => curl.arg("--insecure"),
@@ -361,7 +361,13 @@ impl World {
             self.diagnostics()
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let (body, last) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let (remote, code) = last.split_once(' ').unwrap_or(("", last));
+        assert_eq!(
+            remote.parse::<std::net::IpAddr>().ok(),
+            Some(addr.ip()),
+            "curl connected where it was sent"
+        );
         (code.trim().parse().unwrap_or(0), body.to_string())
     }
 
@@ -376,6 +382,14 @@ impl World {
             tail(self.nginx.error_log()),
             tail(self.pebble.log())
         )
+    }
+}
+
+/// `addr`'s IP as curl's `--resolve` wants it (`[::1]` for IPv6).
+fn bracketed(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
     }
 }
 
