@@ -27,6 +27,8 @@ const TEST: &str = "site_on_ports_80_and_443_with_a_real_certificate";
 
 const CONTENT: &str = "hello from site.test\n";
 const DEFAULT_ANSWER: (u16, &str) = (404, "default server\n");
+/// A port some other program listens on, which a site then asks for.
+const BUSY_PORT: u16 = 8080;
 
 #[test]
 fn site_on_ports_80_and_443_with_a_real_certificate() {
@@ -110,6 +112,8 @@ fn in_private_namespace(_inner: &netns::Inner) {
         spec.listen
             .extend(["[::]:80".into(), "[::]:443 ssl".into()]);
     }
+    // For the reload nginx cannot apply (below): a port another program holds.
+    spec.listen.push(BUSY_PORT.to_string());
     spec.nginx_pid_file = Some(nginx.pid_file());
     let helper = PrivHelper::start(&nginx, &spec).expect("the helper (we are root)");
     let client = Client::new(helper.socket(), Duration::from_secs(300));
@@ -145,6 +149,39 @@ fn in_private_namespace(_inner: &netns::Inner) {
         w.get("other.test"),
         (DEFAULT_ANSWER.0, DEFAULT_ANSWER.1.into())
     );
+
+    // A reload nginx cannot apply: another program holds a port the site now asks for. `nginx
+    // -t` passes (it ignores "address in use", since the running master may hold the port);
+    // the master then fails to bind and keeps serving the old configuration, which ReloadNginx
+    // must report instead of "Reloaded".
+    let squatter = std::net::TcpListener::bind(("0.0.0.0", BUSY_PORT)).unwrap();
+    let busy = w.http_server().replace(
+        "    listen 80;\n",
+        &format!("    listen 80;\n    listen {BUSY_PORT};\n"),
+    );
+    w.write_site(&busy);
+    let response = w.call(&Request::ReloadNginx);
+    match &response {
+        Response::Error {
+            code: ErrorCode::CommandFailed,
+            ..
+        } => {}
+        other => panic!(
+            "ReloadNginx that nginx could not apply: expected CommandFailed, got:\n{}\n{}",
+            describe(other),
+            w.diagnostics()
+        ),
+    }
+    let bind_failed = format!("bind() to 0.0.0.0:{BUSY_PORT} failed (98: ");
+    assert!(
+        w.nginx.error_log().contains(&bind_failed),
+        "the master could not bind {BUSY_PORT}\n{}",
+        w.diagnostics()
+    );
+    assert_eq!(w.get("site.test"), (200, CONTENT.into()), "still served");
+    drop(squatter);
+    w.write_site(&w.http_server());
+    w.reload();
 
     // The site's HTTPS server, on the certificate IssueCertificate will put in `live`.
     let tls = format!(
@@ -259,7 +296,8 @@ fn in_private_namespace(_inner: &netns::Inner) {
     ] {
         assert!(log.contains(&format!("verb={verb} ")), "{log}");
     }
-    // Only the write before the certificate existed was refused. (`verb=-` lines are the
+    // Only the reload nginx could not apply and the write before the certificate existed
+    // were refused. (`verb=-` lines are the
     // harness's readiness probes: connections closed without a request.)
     let refused: Vec<&str> = log
         .lines()
@@ -267,9 +305,11 @@ fn in_private_namespace(_inner: &netns::Inner) {
         .filter(|l| l.contains("decision=\"error"))
         .collect();
     assert!(
-        refused.len() == 1
-            && refused[0].contains("verb=write-site")
-            && refused[0].contains("NginxTestFailed"),
+        refused.len() == 2
+            && refused[0].contains("verb=reload-nginx")
+            && refused[0].contains("CommandFailed")
+            && refused[1].contains("verb=write-site")
+            && refused[1].contains("NginxTestFailed"),
         "{log}"
     );
     println!("all steps passed; helper log:\n{log}");
