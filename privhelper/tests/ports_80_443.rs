@@ -115,7 +115,12 @@ fn in_private_namespace(_inner: &netns::Inner) {
     // For the reload nginx cannot apply (below): a port another program holds.
     spec.listen.push(BUSY_PORT.to_string());
     spec.nginx_pid_file = Some(nginx.pid_file());
-    let helper = PrivHelper::start(&nginx, &spec).expect("the helper (we are root)");
+    // The helper's systemd unit runs it with UMask=0077 (deploy/durhack-privhelper.service), so
+    // what it creates (site confs) and what it runs (nginx -t, certbot) get that umask here too.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let helper = PrivHelper::start(&nginx, &spec);
+    nix::sys::stat::umask(umask);
+    let helper = helper.expect("the helper (we are root)");
     let client = Client::new(helper.socket(), Duration::from_secs(300));
     let w = World {
         live: Pebble::live_dir(&certbot_dir).join("site"),
