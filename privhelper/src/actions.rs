@@ -1,11 +1,12 @@
 //! What each verb does once the peer has been accepted. The only file ever written or removed
 //! is `<conf_dir>/<site>.conf` (plus its temporary sibling during an atomic write).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use protocol::{
@@ -16,7 +17,13 @@ use crate::checker;
 use crate::command::{self, Failure};
 use crate::policy::Policy;
 
-pub fn handle(policy: &Policy, request: &Request) -> Response {
+/// What the helper remembers between requests: when certbot last ran for each site.
+#[derive(Debug, Default)]
+pub struct State {
+    certbot_runs: BTreeMap<SiteName, Vec<Instant>>,
+}
+
+pub fn handle(policy: &Policy, state: &mut State, request: &Request) -> Response {
     match request {
         Request::Hello => Response::Hello {
             version: PROTOCOL_VERSION,
@@ -24,7 +31,7 @@ pub fn handle(policy: &Policy, request: &Request) -> Response {
         Request::WriteSite { site, config } => write_site(policy, site, config),
         Request::RemoveSite { site } => remove_site(policy, site),
         Request::ReloadNginx => reload(policy),
-        Request::IssueCertificate { site, domains } => issue(policy, site, domains),
+        Request::IssueCertificate { site, domains } => issue(policy, state, site, domains),
     }
 }
 
@@ -143,21 +150,23 @@ fn write_site(policy: &Policy, site: &SiteName, config: &SiteConfig) -> Response
     if !policy.sites.contains_key(site) {
         return not_in_policy(site);
     }
-    if let Err(why) = checker::check(policy, site, config.as_str()) {
-        return Response::error(ErrorCode::ConfRefused, why);
-    }
+    // Only the checker's rendering is written: never a byte of the client's text.
+    let written = match checker::check(policy, site, config.as_str()) {
+        Ok(written) => written,
+        Err(why) => return Response::error(ErrorCode::ConfRefused, why),
+    };
     let target = policy.conf_path(site);
     let previous = match read_current(&target) {
         Ok(p) => p,
         Err(e) => return internal("cannot read", &target, e),
     };
-    if previous.as_deref() == Some(config.as_str().as_bytes()) {
+    if previous.as_deref() == Some(written.as_bytes()) {
         return Response::done(
             Outcome::SiteUnchanged,
             format!("{} already has this content", target.display()),
         );
     }
-    if let Err(e) = write_atomic(&target, config.as_str().as_bytes()) {
+    if let Err(e) = write_atomic(&target, written.as_bytes()) {
         return internal("cannot write", &target, e);
     }
     match test_or_restore(policy, &target, previous.as_deref()) {
@@ -193,36 +202,77 @@ fn remove_site(policy: &Policy, site: &SiteName) -> Response {
     }
 }
 
+/// `nginx -t`, the reload command, then proof that nginx applied it: a master that cannot apply
+/// a configuration (a port it cannot bind, say) keeps its old workers and says so only in its
+/// error log, so a reload is done only once the master has started a new child.
 fn reload(policy: &Policy) -> Response {
     if let Err(f) = command::run(&policy.test, &[]) {
         return failed(f, ErrorCode::NginxTestFailed, "not reloading: ");
     }
-    match command::run(&policy.reload, &[]) {
-        Ok(out) => Response::done(Outcome::Reloaded, out),
-        Err(f) => failed(f, ErrorCode::CommandFailed, ""),
+    let master = match fs::read_to_string(&policy.nginx_pid_file) {
+        Ok(pid) => pid.trim().to_string(),
+        Err(e) => return internal("cannot read", &policy.nginx_pid_file, e),
+    };
+    let children_file = format!("/proc/{master}/task/{master}/children");
+    let children = || -> BTreeSet<String> {
+        let text = fs::read_to_string(&children_file).unwrap_or_default();
+        text.split_whitespace().map(String::from).collect()
+    };
+    let before = children();
+    let out = match command::run(&policy.reload, &[]) {
+        Ok(out) => out,
+        Err(f) => return failed(f, ErrorCode::CommandFailed, ""),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !children().is_subset(&before) {
+            return Response::done(Outcome::Reloaded, out);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
+    Response::error(
+        ErrorCode::CommandFailed,
+        format!(
+            "nginx (master pid {master}) did not apply the new configuration: no new worker \
+             within 10 s of the reload; it keeps serving the previous one. Its error log says why \
+             (often a port it cannot bind).\n{out}"
+        ),
+    )
 }
 
-fn issue(policy: &Policy, site: &SiteName, domains: &Domains) -> Response {
+fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains) -> Response {
     let Some(allowed) = policy.sites.get(site) else {
         return not_in_policy(site);
     };
-    if let Some(d) = domains.as_slice().iter().find(|d| !allowed.contains(*d)) {
+    if let Some(d) = domains
+        .as_slice()
+        .iter()
+        .find(|d| !allowed.domains.contains(*d))
+    {
         return Response::error(
             ErrorCode::NotAllowed,
             format!("domain {d} is not one of site {site}'s policy domains"),
         );
     }
     let cert = policy.certbot.live_dir.join(site.as_str()).join("cert.pem");
-    let names = valid_certificate_names(policy, &cert);
-    if domains
-        .as_slice()
-        .iter()
-        .all(|d| names.iter().any(|n| n == d.as_str()))
-    {
-        let detail = format!("{} covers these domains", cert.display());
+    // Exactly these names: a certificate for more or fewer would be replaced by certbot, so
+    // alternating two sets must not pass for "still valid" either (rate limits are below).
+    let names: BTreeSet<String> = valid_certificate_names(policy, &cert).into_iter().collect();
+    let wanted: BTreeSet<String> = domains.as_slice().iter().map(|d| d.to_string()).collect();
+    if names == wanted {
+        let detail = format!("{} has exactly these domains", cert.display());
         return Response::done(Outcome::CertificateStillValid, detail);
     }
+    let runs = state.certbot_runs.entry(site.clone()).or_default();
+    runs.retain(|t| t.elapsed() < Duration::from_secs(3600));
+    if runs.len() >= policy.certbot.max_runs_per_hour as usize {
+        let max = policy.certbot.max_runs_per_hour;
+        let why = format!(
+            "certbot already ran {max} times for site {site} in the last hour (certbot.max_runs_per_hour); try later"
+        );
+        return Response::error(ErrorCode::NotAllowed, why);
+    }
+    runs.push(Instant::now());
     let mut extra = vec!["--cert-name".to_string(), site.to_string()];
     for d in domains.as_slice() {
         extra.push("-d".into());

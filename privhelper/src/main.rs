@@ -4,6 +4,8 @@
 //! Usage:
 //!   durhack-privhelper [--policy PATH] [--dev-insecure]         serve
 //!   durhack-privhelper check [--policy PATH] [--dev-insecure]   validate and print the policy
+//!   durhack-privhelper check-site [--policy PATH] SITE FILE     print the conf as it would be
+//!                                                               written, or why it is refused
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -15,10 +17,13 @@ use std::process::ExitCode;
 use privhelper::policy::{DEFAULT_POLICY_PATH, Policy};
 use privhelper::{checker, server};
 
-const USAGE: &str = "usage: durhack-privhelper [check] [--policy PATH] [--dev-insecure]";
+const USAGE: &str = "usage: durhack-privhelper [check] [--policy PATH] [--dev-insecure]
+       durhack-privhelper check-site [--policy PATH] SITE FILE";
 
 struct Args {
     check: bool,
+    /// `check-site SITE FILE`.
+    check_site: Option<(String, PathBuf)>,
     policy: PathBuf,
     dev_insecure: bool,
 }
@@ -26,13 +31,14 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         check: false,
+        check_site: None,
         policy: PathBuf::from(DEFAULT_POLICY_PATH),
         dev_insecure: false,
     };
+    let mut positional = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "check" => args.check = true,
             "--policy" => {
                 args.policy = it
                     .next()
@@ -40,9 +46,23 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or("--policy needs a path")?
             }
             "--dev-insecure" => args.dev_insecure = true,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unexpected argument {other:?}\n{USAGE}")),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other if other.starts_with('-') => {
+                return Err(format!("unexpected option {other:?}\n{USAGE}"));
+            }
+            _ => positional.push(arg),
         }
+    }
+    match positional.as_slice() {
+        [] => {}
+        [check] if check == "check" => args.check = true,
+        [cmd, site, file] if cmd == "check-site" => {
+            args.check_site = Some((site.clone(), file.into()));
+        }
+        other => return Err(format!("unexpected arguments {other:?}\n{USAGE}")),
     }
     Ok(args)
 }
@@ -59,6 +79,9 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let args = parse_args()?;
+    if let Some((site, file)) = &args.check_site {
+        return check_site(&args.policy, site, file);
+    }
     let is_root = nix::unistd::Uid::effective().is_root();
     if args.dev_insecure {
         privhelper::warning!(
@@ -91,4 +114,15 @@ fn run() -> Result<(), String> {
     let socket = policy.socket.display();
     privhelper::info!("serving on {socket} for uid {}", policy.client_uid);
     server::serve(&policy, &listener)
+}
+
+/// Needs neither root nor nginx: reads the policy and the file, prints what would be written.
+fn check_site(policy: &std::path::Path, site: &str, file: &std::path::Path) -> Result<(), String> {
+    let policy = Policy::load(policy)?;
+    let site = protocol::SiteName::try_from(site.to_string()).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let written = checker::check(&policy, &site, &text).map_err(|e| format!("refused: {e}"))?;
+    print!("{written}");
+    Ok(())
 }

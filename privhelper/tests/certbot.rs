@@ -56,6 +56,8 @@ fn certificates_are_issued_once_and_only_for_policy_domains() {
     spec.certbot_argv = pebble.certbot_argv(certbot_dir.path(), &nginx.webroot());
     spec.certbot_env = pebble.certbot_env();
     spec.cert_live_dir = Pebble::live_dir(certbot_dir.path());
+    // One issuance, one attempt for another set, then the limit.
+    spec.certbot_max_runs_per_hour = 2;
     let Some(helper) = PrivHelper::start(&nginx, &spec) else {
         return;
     };
@@ -129,26 +131,48 @@ fn certificates_are_issued_once_and_only_for_policy_domains() {
     let runs = certbot_runs(certbot_dir.path());
     assert!(runs >= 1);
 
-    // With the ACME server gone, asking again must not need it: the valid certificate is kept
-    // and certbot does not run.
+    // With the ACME server gone, asking again for exactly these names must not need it: the
+    // valid certificate is kept and certbot does not run.
     drop(pebble);
-    for names in [&["demo.test", "www.demo.test"][..], &["www.demo.test"][..]] {
-        let response = issue(&client, names);
-        assert!(
-            matches!(
-                response,
-                Response::Done {
-                    outcome: Outcome::CertificateStillValid,
-                    ..
-                }
-            ),
-            "{response:?}"
-        );
-    }
+    let response = issue(&client, &["demo.test", "www.demo.test"]);
+    assert!(
+        matches!(
+            response,
+            Response::Done {
+                outcome: Outcome::CertificateStillValid,
+                ..
+            }
+        ),
+        "{response:?}"
+    );
     assert_eq!(
         certbot_runs(certbot_dir.path()),
         runs,
         "certbot did not run again"
+    );
+    // Another set of names is not "still valid" (certbot would replace the certificate), so
+    // alternating sets cannot pass the guard; the per-site hourly limit stops them instead.
+    let response = issue(&client, &["www.demo.test"]);
+    assert!(
+        matches!(
+            &response,
+            Response::Error { code: ErrorCode::CommandFailed, detail } if detail.as_str().contains("certbot failed")
+        ),
+        "a subset is not the same certificate, so certbot ran (and failed: no ACME server): {response:?}"
+    );
+    let after_subset = certbot_runs(certbot_dir.path());
+    let response = issue(&client, &["demo.test"]);
+    match response {
+        Response::Error {
+            code: ErrorCode::NotAllowed,
+            detail,
+        } => assert!(detail.as_str().contains("max_runs_per_hour"), "{detail:?}"),
+        other => panic!("expected the hourly limit, got {other:?}"),
+    }
+    assert_eq!(
+        certbot_runs(certbot_dir.path()),
+        after_subset,
+        "limited: certbot did not run"
     );
     let log = helper.log();
     assert!(

@@ -18,6 +18,26 @@ fn start() -> Option<(Nginx, PrivHelper, Client)> {
     Some((nginx, helper, client))
 }
 
+/// What `durhack-privhelper check-site` prints for `conf`: the helper's rendering, which is
+/// exactly what WriteSite must write.
+fn rendered(helper: &PrivHelper, name: &str, conf: &str) -> String {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), conf).unwrap();
+    let out = std::process::Command::new(testkit::privhelper::binary())
+        .arg("check-site")
+        .arg("--policy")
+        .arg(helper.policy_path())
+        .args([std::ffi::OsStr::new(name), file.path().as_os_str()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn site(name: &str) -> SiteName {
     SiteName::try_from(name).unwrap()
 }
@@ -90,9 +110,11 @@ fn valid_site_is_written_reloaded_and_served() {
         ),
         "{response:?}"
     );
-    assert_eq!(
-        std::fs::read_to_string(nginx.sites_dir().join("demo.conf")).unwrap(),
-        conf
+    let written = std::fs::read_to_string(nginx.sites_dir().join("demo.conf")).unwrap();
+    assert_eq!(written, rendered(&helper, "demo", &conf));
+    assert!(
+        written.contains("disable_symlinks \"if_not_owner\";"),
+        "{written}"
     );
     reload(&nginx, &client);
     assert_eq!(
@@ -165,7 +187,7 @@ fn valid_site_is_written_reloaded_and_served() {
 
 #[test]
 fn conf_failing_nginx_test_is_rolled_back_and_old_content_stays() {
-    let Some((nginx, _helper, client)) = start() else {
+    let Some((nginx, helper, client)) = start() else {
         return;
     };
     let good = static_site(&nginx, "old content");
@@ -200,7 +222,7 @@ fn conf_failing_nginx_test_is_rolled_back_and_old_content_stays() {
     }
     assert_eq!(
         std::fs::read_to_string(nginx.sites_dir().join("demo.conf")).unwrap(),
-        good,
+        rendered(&helper, "demo", &good),
         "rolled back"
     );
     let leftovers: Vec<_> = std::fs::read_dir(nginx.sites_dir())

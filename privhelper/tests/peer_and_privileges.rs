@@ -149,8 +149,8 @@ fn capabilities_are_dropped_after_binding() {
     let Some(helper) = PrivHelper::start(&nginx, &PolicySpec::new(&nginx)) else {
         return;
     };
-    // CAP_CHOWN (0), CAP_DAC_OVERRIDE (1) and CAP_FOWNER (3) only.
-    let kept = format!("{:016x}", (1u64 << 0) | (1 << 1) | (1 << 3));
+    // CAP_CHOWN (0), CAP_DAC_OVERRIDE (1), CAP_FOWNER (3) and CAP_NET_BIND_SERVICE (10) only.
+    let kept = format!("{:016x}", (1u64 << 0) | (1 << 1) | (1 << 3) | (1 << 10));
     for field in ["CapPrm", "CapEff", "CapBnd"] {
         assert_eq!(status_field(helper.pid(), field), kept, "{field}");
     }

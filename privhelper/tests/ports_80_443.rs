@@ -114,7 +114,6 @@ fn in_private_namespace(_inner: &netns::Inner) {
     }
     // For the reload nginx cannot apply (below): a port another program holds.
     spec.listen.push(BUSY_PORT.to_string());
-    spec.nginx_pid_file = Some(nginx.pid_file());
     // The helper's systemd unit runs it with UMask=0077 (deploy/durhack-privhelper.service), so
     // what it creates (site confs) and what it runs (nginx -t, certbot) get that umask here too.
     let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));

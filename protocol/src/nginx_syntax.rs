@@ -3,14 +3,19 @@
 //! It follows nginx's own `ngx_conf_read_token` closely, because the helper's policy check is
 //! only as good as its agreement with nginx about where directives start and end:
 //! - `#` starts a comment only at the start of a token (`a#b` is one word);
-//! - a word ends at whitespace, `;` or `{` (a `}` inside a word is part of it), except that
-//!   `${` inside a word is variable syntax and does not open a block;
+//! - a word ends at whitespace, `;` or `{` (a `}` inside a word is part of it), except that a
+//!   `{` right after `$` does not end it, and (as in nginx 1.22's `variable` flag) neither does
+//!   any further `{` until another character comes: `${{{` is one word;
 //! - quotes open a string only at the start of a token, and a closing quote must be followed by
 //!   whitespace, `;`, `{` or `)`;
 //! - `\"`, `\'`, `\\`, `\t`, `\r`, `\n` are unescaped; other backslashes are kept.
 //!
 //! Anything nginx would reject (unbalanced braces, a stray `;`, a missing `;` at the end) is
-//! rejected here too.
+//! rejected here too, and so is a control character inside a name or an argument.
+//!
+//! The helper does not rely on this agreement for safety: it writes [`render`]'s canonical form
+//! of the checked tree, never the client's text, so nginx reads exactly what was checked even
+//! where this tokenizer and some nginx version disagree.
 
 use std::fmt;
 
@@ -159,9 +164,9 @@ fn tokenize(text: &str) -> Result<Vec<(Token, usize)>, SyntaxError> {
                         variable = false;
                         continue;
                     }
+                    // nginx keeps its variable flag across `{`: `${{` is one word.
                     if ch == '{' && variable {
                         i += 1;
-                        variable = false;
                         continue;
                     }
                     if matches!(ch, ' ' | '\t' | '\r' | '\n' | ';' | '{') {
@@ -184,6 +189,13 @@ pub fn parse(text: &str) -> Result<Vec<Directive>, SyntaxError> {
         return err(1, "NUL byte");
     }
     let tokens = tokenize(text)?;
+    for (token, line) in &tokens {
+        if let Token::Word(w, _) = token
+            && w.chars().any(char::is_control)
+        {
+            return err(*line, "control character in a name or argument");
+        }
+    }
     let mut pos = 0;
     let directives = parse_block(&tokens, &mut pos, 0)?;
     if let Some((_, line)) = tokens.get(pos) {
@@ -279,6 +291,69 @@ pub fn server_names(directives: &[Directive]) -> Vec<String> {
     out
 }
 
+/// The names of the variables an argument refers to, as nginx's script compiler reads them:
+/// `$name` (letters, digits, `_`) or `${name}`. A `$` with no name yields `""`.
+pub fn variables(arg: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = arg;
+    while let Some(at) = rest.find('$') {
+        rest = &rest[at + 1..];
+        let (name, after) = match rest.strip_prefix('{') {
+            Some(braced) => match braced.find('}') {
+                Some(end) => (&braced[..end], &braced[end + 1..]),
+                None => ("", ""),
+            },
+            None => {
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                (&rest[..end], &rest[end..])
+            }
+        };
+        out.push(name);
+        rest = after;
+    }
+    out
+}
+
+/// The canonical text of `directives`: one directive per line, four spaces of indent per level,
+/// names bare, every argument double-quoted with `\\` and `"` escaped. nginx reads a quoted
+/// argument back byte for byte (only `\\` and `"` are special inside double quotes, in every
+/// version of its tokenizer), so the file means exactly the tree, whatever the text it came from.
+/// Names must be words (the checker allows only allow-listed ones); arguments must have no
+/// control characters ([`parse`] refuses them).
+pub fn render(directives: &[Directive]) -> String {
+    let mut out = String::new();
+    render_into(&mut out, directives, 0);
+    out
+}
+
+fn render_into(out: &mut String, directives: &[Directive], depth: usize) {
+    for d in directives {
+        out.push_str(&"    ".repeat(depth));
+        out.push_str(&d.name);
+        for arg in &d.args {
+            out.push_str(" \"");
+            for c in arg.chars() {
+                if matches!(c, '\\' | '"') {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        }
+        match &d.block {
+            None => out.push_str(";\n"),
+            Some(block) => {
+                out.push_str(" {\n");
+                render_into(out, block, depth + 1);
+                out.push_str(&"    ".repeat(depth));
+                out.push_str("}\n");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +409,69 @@ mod tests {
         // Brace inside a word is part of it, as in nginx.
         let ds = parse("return 200 a}b;").unwrap();
         assert_eq!(ds[0].args, ["200", "a}b"]);
+    }
+
+    #[test]
+    fn variable_braces_stay_in_the_word_as_in_nginx() {
+        // nginx 1.22 keeps its variable flag across `{`: all of `${{` is one word.
+        let ds = parse("a ${{ b;").unwrap();
+        assert_eq!(ds[0].args, ["${{", "b"]);
+        // The review's smuggling shape: one location to nginx, so one location to us too.
+        let text = "location /a${{# { } } log_format x y;\n";
+        assert!(
+            parse(text).is_err(),
+            "nginx reads an unterminated block here"
+        );
+        let ds = parse("location /a${{# { return 200 x; }\n").unwrap();
+        assert_eq!(ds[0].args, ["/a${{#"]);
+        assert_eq!(names(&ds), ["location", "return"]);
+        let ds = parse("set $a ${x}y{;").unwrap_err();
+        assert!(ds.message.contains("not terminated") || ds.message.contains("unexpected"));
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        for bad in ["a \"x\\ny\";", "a x\\ty;", "a \u{7}b;", "a \u{85};"] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(
+            parse("a\tb\r\n c;").is_ok(),
+            "whitespace between tokens is fine"
+        );
+    }
+
+    #[test]
+    fn variables_are_found_as_nginx_names_them() {
+        assert_eq!(variables("/$uri/${host}x$1$"), ["uri", "host", "1", ""]);
+        assert_eq!(variables("$arg_p.html"), ["arg_p"]);
+        assert_eq!(variables("${unterminated"), [""]);
+        assert!(variables("plain").is_empty());
+    }
+
+    #[test]
+    fn render_round_trips_any_argument() {
+        let tricky = [
+            "${{", "#x", "a;b", "{", "}", "\"", "'", "\\", "\\n", "$", "x\\", "é", "", " ",
+            "a\"b'c",
+        ];
+        let tree = vec![Directive {
+            name: "server".into(),
+            args: vec![],
+            block: Some(vec![Directive {
+                name: "add_header".into(),
+                args: tricky.iter().map(|s| s.to_string()).collect(),
+                block: None,
+                line: 2,
+            }]),
+            line: 1,
+        }];
+        let text = render(&tree);
+        let back = parse(&text).unwrap();
+        assert_eq!(
+            back[0].block.as_ref().unwrap()[0].args,
+            tree[0].block.as_ref().unwrap()[0].args
+        );
+        assert_eq!(render(&back), text, "rendering is canonical");
     }
 
     #[test]
