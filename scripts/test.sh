@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(nginx certbot pebble webhook wrk openssl git curl)
-programs=(nginx certbot pebble webhook wrk openssl git curl)
+# unshare and ip: privhelper/tests/ports_80_443.rs runs nginx on 80/443 in a private network namespace.
+packages=(nginx certbot pebble webhook wrk openssl git curl util-linux iproute2)
+programs=(nginx certbot pebble webhook wrk openssl git curl unshare ip)
 missing=()
 for i in "${!programs[@]}"; do
     command -v "${programs[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${programs[$i]}" ] || missing+=("${packages[$i]}")
