@@ -25,49 +25,31 @@ pub struct State {
 
 pub fn handle(policy: &Policy, state: &mut State, request: &Request) -> Response {
     match request {
-        Request::Hello => Response::Hello {
-            version: PROTOCOL_VERSION,
-        },
+        Request::Hello => Response::Hello { version: PROTOCOL_VERSION },
         Request::WriteSite { site, config } => write_site(policy, site, config),
-        Request::RemoveSite { site } => remove_site(policy, site),
+        Request::RemoveSite { site } => replace_site(policy, site, None),
         Request::ReloadNginx => reload(policy),
         Request::IssueCertificate { site, domains } => issue(policy, state, site, domains),
     }
 }
 
 fn not_in_policy(site: &SiteName) -> Response {
-    Response::error(
-        ErrorCode::NotAllowed,
-        format!("site {site} is not in the policy"),
-    )
+    Response::error(ErrorCode::NotAllowed, format!("site {site} is not in the policy"))
 }
 
 fn internal(what: &str, path: &Path, e: io::Error) -> Response {
-    Response::error(
-        ErrorCode::Internal,
-        format!("{what} {}: {e}", path.display()),
-    )
+    Response::error(ErrorCode::Internal, format!("{what} {}: {e}", path.display()))
 }
 
 /// A failed command's answer: its output's tail, after `note`.
 fn failed(f: Failure, code: ErrorCode, note: &str) -> Response {
-    let code = if f.timed_out {
-        ErrorCode::Timeout
-    } else {
-        code
-    };
-    Response::Error {
-        code,
-        detail: Message::truncated_tail(&format!("{note}{}", f.output)),
-    }
+    let code = if f.timed_out { ErrorCode::Timeout } else { code };
+    Response::Error { code, detail: Message::truncated_tail(&format!("{note}{}", f.output)) }
 }
 
 /// Reads the current conf without following a symlink planted in its place.
 fn read_current(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(OFlag::O_NOFOLLOW.bits())
-        .open(path);
+    let file = OpenOptions::new().read(true).custom_flags(OFlag::O_NOFOLLOW.bits()).open(path);
     match file {
         Ok(f) => {
             let mut buf = Vec::new();
@@ -80,125 +62,78 @@ fn read_current(path: &Path) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// Writes `content` to `target` atomically: exclusive create of a temporary sibling (never
-/// following a link), fsync, rename over the target, fsync the directory.
-fn write_atomic(target: &Path, content: &[u8]) -> io::Result<()> {
-    // `<site>.conf.tmp-<pid>`: not matched by an `include conf.d/*.conf` meanwhile.
-    let tmp = target.with_extension(format!("conf.tmp-{}", std::process::id()));
-    // A leftover from a crash is ours to clean up (the directory is root's alone).
-    let _ = fs::remove_file(&tmp);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-            .open(&tmp)?;
-        f.write_all(content)?;
-        f.sync_all()?;
-        fs::rename(&tmp, target)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(target)
-}
-
-fn sync_dir(target: &Path) -> io::Result<()> {
-    match target.parent() {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
-}
-
-/// Puts back what was there before: the old content, or nothing.
-fn restore(target: &Path, previous: Option<&[u8]>) -> io::Result<()> {
-    match previous {
-        Some(old) => write_atomic(target, old),
+/// Makes `target` hold `content` (or not exist, for `None`) atomically: exclusive create of a
+/// temporary sibling (never following a link), fsync, rename over the target; then fsync the
+/// directory.
+fn put(target: &Path, content: Option<&[u8]>) -> io::Result<()> {
+    match content {
+        Some(content) => {
+            // `<site>.conf.tmp-<pid>`: not matched by an `include conf.d/*.conf` meanwhile.
+            let tmp = target.with_extension(format!("conf.tmp-{}", std::process::id()));
+            // A leftover from a crash is ours to clean up (the directory is root's alone).
+            let _ = fs::remove_file(&tmp);
+            let flags = (OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits();
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true).mode(0o644).custom_flags(flags);
+            let result = options.open(&tmp).and_then(|mut f| {
+                f.write_all(content)?;
+                f.sync_all()?;
+                fs::rename(&tmp, target)
+            });
+            if result.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            result?
+        }
         None => match fs::remove_file(target) {
-            Ok(()) => sync_dir(target),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         },
     }
+    File::open(target.parent().unwrap_or(Path::new("/")))?.sync_all()
 }
 
-/// Runs nginx -t; on failure restores `previous` and answers with nginx's message.
-fn test_or_restore(
-    policy: &Policy,
-    target: &Path,
-    previous: Option<&[u8]>,
-) -> Result<(), Response> {
-    let Err(f) = command::run(&policy.test, &[]) else {
-        return Ok(());
-    };
-    match restore(target, previous) {
-        Ok(()) => Err(failed(
-            f,
-            ErrorCode::NginxTestFailed,
-            "the previous state was restored\n",
-        )),
-        Err(e) => {
-            let note = format!("RESTORING THE PREVIOUS STATE FAILED: {e}\n");
-            Err(failed(f, ErrorCode::NginxTestFailed, &note))
-        }
-    }
-}
-
-fn write_site(policy: &Policy, site: &SiteName, config: &SiteConfig) -> Response {
+/// WriteSite (`Some`) and RemoveSite (`None`): put the new state in place, then `nginx -t`,
+/// and on failure put the previous state back.
+fn replace_site(policy: &Policy, site: &SiteName, new: Option<&[u8]>) -> Response {
     if !policy.sites.contains_key(site) {
         return not_in_policy(site);
     }
-    // Only the checker's rendering is written: never a byte of the client's text.
-    let written = match checker::check(policy, site, config.as_str()) {
-        Ok(written) => written,
-        Err(why) => return Response::error(ErrorCode::ConfRefused, why),
-    };
     let target = policy.conf_path(site);
+    let shown = target.display();
     let previous = match read_current(&target) {
         Ok(p) => p,
         Err(e) => return internal("cannot read", &target, e),
     };
-    if previous.as_deref() == Some(written.as_bytes()) {
-        return Response::done(
-            Outcome::SiteUnchanged,
-            format!("{} already has this content", target.display()),
-        );
+    if previous.as_deref() == new {
+        let (outcome, what) = match new {
+            Some(_) => (Outcome::SiteUnchanged, "already has this content"),
+            None => (Outcome::SiteAbsent, "does not exist"),
+        };
+        return Response::done(outcome, format!("{shown} {what}"));
     }
-    if let Err(e) = write_atomic(&target, written.as_bytes()) {
-        return internal("cannot write", &target, e);
+    if let Err(e) = put(&target, new) {
+        return internal("cannot change", &target, e);
     }
-    match test_or_restore(policy, &target, previous.as_deref()) {
-        Ok(()) => Response::done(Outcome::SiteWritten, format!("wrote {}", target.display())),
-        Err(response) => response,
+    if let Err(f) = command::run(&policy.test, &[]) {
+        let note = match put(&target, previous.as_deref()) {
+            Ok(()) => "the previous state was restored\n".to_string(),
+            Err(e) => format!("RESTORING THE PREVIOUS STATE FAILED: {e}\n"),
+        };
+        return failed(f, ErrorCode::NginxTestFailed, &note);
+    }
+    match new {
+        Some(_) => Response::done(Outcome::SiteWritten, format!("wrote {shown}")),
+        None => Response::done(Outcome::SiteRemoved, format!("removed {shown}")),
     }
 }
 
-fn remove_site(policy: &Policy, site: &SiteName) -> Response {
-    if !policy.sites.contains_key(site) {
-        return not_in_policy(site);
-    }
-    let target = policy.conf_path(site);
-    let previous = match read_current(&target) {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            return Response::done(
-                Outcome::SiteAbsent,
-                format!("{} does not exist", target.display()),
-            );
-        }
-        Err(e) => return internal("cannot read", &target, e),
-    };
-    if let Err(e) = fs::remove_file(&target).and_then(|()| sync_dir(&target)) {
-        return internal("cannot remove", &target, e);
-    }
-    match test_or_restore(policy, &target, Some(&previous)) {
-        Ok(()) => Response::done(
-            Outcome::SiteRemoved,
-            format!("removed {}", target.display()),
-        ),
-        Err(response) => response,
+fn write_site(policy: &Policy, site: &SiteName, config: &SiteConfig) -> Response {
+    // Only the checker's rendering is written: never a byte of the client's text.
+    match checker::check(policy, site, config.as_str()) {
+        Ok(written) => replace_site(policy, site, Some(written.as_bytes())),
+        Err(_) if !policy.sites.contains_key(site) => not_in_policy(site),
+        Err(why) => Response::error(ErrorCode::ConfRefused, why),
     }
 }
 
@@ -244,15 +179,9 @@ fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains)
     let Some(allowed) = policy.sites.get(site) else {
         return not_in_policy(site);
     };
-    if let Some(d) = domains
-        .as_slice()
-        .iter()
-        .find(|d| !allowed.domains.contains(*d))
-    {
-        return Response::error(
-            ErrorCode::NotAllowed,
-            format!("domain {d} is not one of site {site}'s policy domains"),
-        );
+    if let Some(d) = domains.as_slice().iter().find(|d| !allowed.domains.contains(*d)) {
+        let why = format!("domain {d} is not one of site {site}'s policy domains");
+        return Response::error(ErrorCode::NotAllowed, why);
     }
     let cert = policy.certbot.live_dir.join(site.as_str()).join("cert.pem");
     // Exactly these names: a certificate for more or fewer would be replaced by certbot, so
@@ -274,10 +203,7 @@ fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains)
     }
     runs.push(Instant::now());
     let mut extra = vec!["--cert-name".to_string(), site.to_string()];
-    for d in domains.as_slice() {
-        extra.push("-d".into());
-        extra.push(d.to_string());
-    }
+    extra.extend(domains.as_slice().iter().flat_map(|d| ["-d".to_string(), d.to_string()]));
     match command::run(&policy.certbot.command, &extra) {
         Ok(out) => Response::Done {
             outcome: Outcome::CertificateIssued,
@@ -295,25 +221,12 @@ fn valid_certificate_names(policy: &Policy, cert: &Path) -> Vec<String> {
         return Vec::new();
     }
     let window = policy.certbot.renew_before.as_secs().to_string();
-    let argv = [
-        &*policy.certbot.openssl.to_string_lossy(),
-        "x509",
-        "-noout",
-        "-checkend",
-        &window,
-    ];
-    let openssl = crate::policy::Command {
-        argv: argv
-            .into_iter()
-            .chain(["-ext", "subjectAltName", "-in"])
-            .map(String::from)
-            .collect(),
-        env: Default::default(),
-        timeout: Duration::from_secs(30),
-    };
+    let openssl = policy.certbot.openssl.display().to_string();
+    let argv = [&*openssl, "x509", "-noout", "-checkend", &window, "-ext", "subjectAltName", "-in"];
+    let argv = argv.map(String::from).into();
+    let openssl =
+        crate::policy::Command { argv, env: Default::default(), timeout: Duration::from_secs(30) };
     let out = command::run(&openssl, &[cert.display().to_string()]).unwrap_or_default();
-    let names = out
-        .split([',', '\n'])
-        .filter_map(|part| part.trim().strip_prefix("DNS:"));
+    let names = out.split([',', '\n']).filter_map(|part| part.trim().strip_prefix("DNS:"));
     names.map(str::to_string).collect()
 }

@@ -32,20 +32,13 @@ const ALLOWED: &str = "\
 /// Variables allowed where a file is named relative to the root (`try_files`, `index`,
 /// `error_page`, `rewrite`, `if -f`): nginx normalises `$uri` (no `..`, no `//`), and the others
 /// derive from it and the fixed root. `$1`..`$9` only while no `if` matches a regex against
-/// anything else (see [`captures_are_clean`]). `$args`, `$arg_*`, `$http_*`, `$cookie_*`,
+/// anything else (see [`nginx_syntax::captures_come_from_uri`]). `$args`, `$arg_*`, `$http_*`, `$cookie_*`,
 /// `$request_uri` (raw) and variables made with `set` are client-controlled: refused there.
 const FILE_VARS: &[&str] = &["uri", "document_uri", "document_root", "request_filename"];
 /// Also allowed in a redirect's URL (`return 3xx`): they choose where the client goes, not what
 /// nginx reads.
-const REDIRECT_VARS: &[&str] = &[
-    "scheme",
-    "host",
-    "server_name",
-    "server_port",
-    "request_uri",
-    "is_args",
-    "args",
-];
+const REDIRECT_VARS: &[&str] =
+    &["scheme", "host", "server_name", "server_port", "request_uri", "is_args", "args"];
 
 /// What [`check`] injects into every server block.
 const INJECTED: [&str; 2] = ["disable_symlinks", "if_not_owner"];
@@ -74,28 +67,21 @@ pub fn check(policy: &Policy, site: &SiteName, text: &str) -> Result<String, Str
         let Some(block) = &mut d.block else {
             return Err(refuse(d, "server must be a block"));
         };
+        // A nameless server would catch other hosts.
         if !block.iter().any(|d| d.name == "server_name") {
-            return Err(refuse(
-                d,
-                "every server block needs a server_name (a nameless server would catch other hosts)",
-            ));
+            return Err(refuse(d, "every server block needs a server_name"));
         }
         let ctx = Ctx {
             policy,
             site,
             domains: s.domains.iter().map(|d| d.as_str()).collect(),
             proxy_ports: &s.proxy_ports,
-            clean_captures: captures_are_clean(block),
+            clean_captures: nginx_syntax::captures_come_from_uri(block),
         };
         ctx.block(block, None)?;
         let [name, arg] = INJECTED.map(String::from);
         let line = d.line;
-        let injected = Directive {
-            name,
-            args: vec![arg],
-            block: None,
-            line,
-        };
+        let injected = Directive { name, args: vec![arg], block: None, line };
         block.insert(0, injected);
     }
     let header =
@@ -105,22 +91,6 @@ pub fn check(policy: &Policy, site: &SiteName, text: &str) -> Result<String, Str
 
 fn refuse(d: &Directive, why: &str) -> String {
     format!("line {}: \"{}\": {why}", d.line, d.name)
-}
-
-/// True unless some `if` matches a regex against something other than `$uri`/`$document_uri`:
-/// its captures would carry raw client input (`if ($args ~ (.*))` then `try_files /$1`).
-fn captures_are_clean(directives: &[Directive]) -> bool {
-    directives.iter().all(|d| {
-        let regex_on_other = d.name == "if"
-            && d.args
-                .iter()
-                .any(|a| a.trim_start_matches('!').starts_with('~'))
-            && !matches!(
-                d.args.first().map(|a| a.trim_start_matches('(')),
-                Some("$uri" | "$document_uri")
-            );
-        !regex_on_other && d.block.as_deref().is_none_or(captures_are_clean)
-    })
 }
 
 struct Ctx<'a> {
@@ -164,10 +134,15 @@ impl Ctx<'_> {
         let p = self.policy;
         match d.name.as_str() {
             "root" => self.path_under(d, first, &p.allowed_roots),
-            "alias" => {
-                self.path_under(d, first, &p.allowed_roots)?;
-                alias_fits(d, location)
-            }
+            "alias" => match location {
+                Some(loc) if nginx_syntax::alias_fits(&loc.args, first) => {
+                    self.path_under(d, first, &p.allowed_roots)
+                }
+                _ => Err(refuse(
+                    d,
+                    "only in a location; in a prefix location, both must end with \"/\"",
+                )),
+            },
             "include" => self.path_under(d, first, &[&p.snippets_dir]),
             "ssl_certificate" | "ssl_certificate_key" => {
                 self.path_under(d, first, &[&p.certbot.live_dir.join(self.site.as_str())])
@@ -175,21 +150,14 @@ impl Ctx<'_> {
             "access_log" if first == "off" => Ok(()),
             "access_log" | "error_log" => self.path_under(d, first, &[&p.log_dir]),
             "listen" if p.listen.contains(&d.args.join(" ")) => Ok(()),
-            "listen" => Err(refuse(
-                d,
-                &format!("allowed forms: {}", p.listen.join(", ")),
-            )),
+            "listen" => Err(refuse(d, &format!("allowed forms: {}", p.listen.join(", ")))),
             "proxy_pass" => self.upstream(d, first),
             "proxy_redirect" if matches!(first, "off" | "default") => Ok(()),
             "proxy_redirect" => Err(refuse(d, "only \"off\" or \"default\"")),
             "server_name" if d.args.is_empty() => Err(refuse(d, "needs at least one name")),
             "server_name" => match d.args.iter().find(|a| !self.domains.contains(&a.as_str())) {
                 Some(other) => {
-                    let why = format!(
-                        "{other:?} is not one of site {}'s policy domains",
-                        self.site
-                    );
-                    Err(refuse(d, &why))
+                    Err(refuse(d, &format!("{other:?} is not a domain of site {}", self.site)))
                 }
                 None => Ok(()),
             },
@@ -198,11 +166,7 @@ impl Ctx<'_> {
             "return" if d.args.len() == 1 || first.starts_with('3') => {
                 self.vars(d, &[last.to_string()], REDIRECT_VARS)
             }
-            "set"
-                if first
-                    .strip_prefix('$')
-                    .is_some_and(|v| FILE_VARS.contains(&v)) =>
-            {
+            "set" if first.strip_prefix('$').is_some_and(|v| FILE_VARS.contains(&v)) => {
                 Err(refuse(d, "may not change a variable paths are built from"))
             }
             "if" => self.condition(d),
@@ -212,21 +176,15 @@ impl Ctx<'_> {
 
     /// Every variable in `args` is one of [`FILE_VARS`], `extra`, or a clean capture.
     fn vars(&self, d: &Directive, args: &[String], extra: &[&str]) -> Result<(), String> {
-        for arg in args {
-            for var in variables(arg) {
-                let capture = var.len() == 1 && var.as_bytes()[0].is_ascii_digit();
-                let allowed = FILE_VARS.contains(&var)
-                    || extra.contains(&var)
-                    || (capture && self.clean_captures);
-                if !allowed {
-                    let why = format!(
-                        "${var} is not allowed here: it may carry raw client input into a path or URL"
-                    );
-                    return Err(refuse(d, &why));
-                }
-            }
+        let capture = |v: &str| v.len() == 1 && v.as_bytes()[0].is_ascii_digit();
+        let allowed = |v: &str| {
+            FILE_VARS.contains(&v) || extra.contains(&v) || capture(v) && self.clean_captures
+        };
+        match args.iter().flat_map(|a| variables(a)).find(|v| !allowed(v)) {
+            // It may carry raw client input into a path or URL.
+            Some(var) => Err(refuse(d, &format!("${var} is not allowed here"))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// `if (-f $x)` and friends name files: the same variables as `try_files`.
@@ -243,19 +201,12 @@ impl Ctx<'_> {
 
     /// `proxy_pass http://<loopback>:<port>[/path]`, the port one of the site's `proxy_ports`.
     fn upstream(&self, d: &Directive, url: &str) -> Result<(), String> {
-        let rest = url.strip_prefix("http://").unwrap_or("");
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let port = ["127.0.0.1:", "[::1]:", "localhost:"]
-            .iter()
-            .find_map(|host| authority.strip_prefix(host))
-            .and_then(|port| port.parse::<u16>().ok());
-        match port {
-            Some(port) if self.proxy_ports.contains(&port) && !path.contains('$') => Ok(()),
+        match nginx_syntax::loopback_port(url) {
+            Some(port) if self.proxy_ports.contains(&port) => Ok(()),
             _ => Err(refuse(
                 d,
                 &format!(
-                    "only http://127.0.0.1:PORT, http://[::1]:PORT or http://localhost:PORT \
-                     (optionally a path, no variables), PORT one of {:?}",
+                    "only http://127.0.0.1:PORT, [::1]:PORT or localhost:PORT (a path without variables may follow), PORT one of {:?}",
                     self.proxy_ports
                 ),
             )),
@@ -277,9 +228,7 @@ impl Ctx<'_> {
         if !path.is_absolute() {
             return Err(refuse(d, "path must be absolute"));
         }
-        if path
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir))
             || arg.contains("..")
         {
             return Err(refuse(d, "path must not contain .. or ."));
@@ -289,29 +238,8 @@ impl Ctx<'_> {
         if roots.iter().any(inside) {
             return Ok(());
         }
-        let shown: Vec<String> = roots
-            .iter()
-            .map(|r| r.as_ref().display().to_string())
-            .collect();
+        let shown: Vec<String> = roots.iter().map(|r| r.as_ref().display().to_string()).collect();
         Err(refuse(d, &format!("{arg} is outside {}", shown.join(", "))))
-    }
-}
-
-/// `alias` replaces the location's prefix: `location /img { alias /srv/x/; }` serves
-/// `/img../etc` from `/srv/x/../etc`. So in a prefix location, the location and the alias must
-/// both end with `/`; exact (`=`) and regex locations name whole files.
-fn alias_fits(d: &Directive, location: Option<&Directive>) -> Result<(), String> {
-    let Some(loc) = location else {
-        return Err(refuse(d, "only inside a location"));
-    };
-    let alias = d.args.first().map(String::as_str).unwrap_or("");
-    match loc.args.as_slice() {
-        [m, _] if matches!(m.as_str(), "=" | "~" | "~*") => Ok(()),
-        [prefix] | [_, prefix] if prefix.ends_with('/') && alias.ends_with('/') => Ok(()),
-        _ => Err(refuse(
-            d,
-            "in a prefix location, the location and the alias must both end with \"/\"",
-        )),
     }
 }
 
@@ -449,10 +377,7 @@ mod tests {
             "proxy_cache_bypass $http_x;",
         ] {
             let text = server(body);
-            assert!(
-                check(&p, &site(), &text).is_err(),
-                "should be refused:\n{text}"
-            );
+            assert!(check(&p, &site(), &text).is_err(), "should be refused:\n{text}");
         }
         // The tokenizer split of the review: whatever nginx makes of it, the checker must not
         // accept a top-level directive, and a control character never reaches a file.
@@ -461,10 +386,7 @@ mod tests {
             "server { listen 80; server_name durhack.com; location /a${{# { } } log_format evil x; }",
             "server { listen 80; server_name durhack.com; add_header X \"a\\nb\"; }",
         ] {
-            assert!(
-                check(&p, &site(), text).is_err(),
-                "should be refused:\n{text}"
-            );
+            assert!(check(&p, &site(), text).is_err(), "should be refused:\n{text}");
         }
     }
 
@@ -528,10 +450,7 @@ mod tests {
         ];
         for body in refused_in_server {
             let text = server(body);
-            assert!(
-                check(&p, &site(), &text).is_err(),
-                "should be refused:\n{text}"
-            );
+            assert!(check(&p, &site(), &text).is_err(), "should be refused:\n{text}");
         }
         for text in [
             "",
@@ -548,10 +467,7 @@ mod tests {
             "server { server_name \"durhack.com; }",
             "include /etc/nginx/snippets/x.conf;",
         ] {
-            assert!(
-                check(&p, &site(), text).is_err(),
-                "should be refused:\n{text}"
-            );
+            assert!(check(&p, &site(), text).is_err(), "should be refused:\n{text}");
         }
         // A site outside the policy is refused whatever its conf.
         let unknown = SiteName::try_from("unknown").unwrap();

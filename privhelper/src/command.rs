@@ -21,44 +21,26 @@ pub struct Failure {
 }
 
 fn failure(output: String) -> Failure {
-    Failure {
-        timed_out: false,
-        output,
-    }
+    Failure { timed_out: false, output }
 }
 
 /// Runs `cmd` with `extra` arguments appended.
 pub fn run(cmd: &Command, extra: &[String]) -> Result<String, Failure> {
-    let (reader, writer) = match std::io::pipe() {
-        Ok(p) => p,
-        Err(e) => return Err(failure(format!("cannot create a pipe: {e}"))),
-    };
-    let writer2 = match writer.try_clone() {
-        Ok(w) => w,
-        Err(e) => return Err(failure(format!("cannot create a pipe: {e}"))),
-    };
     let Some((program, args)) = cmd.argv.split_first() else {
         return Err(failure("empty argv".into()));
     };
-    let mut process = Process::new(program);
-    process
-        .args(args)
-        .args(extra)
-        .env_clear()
-        .envs(&cmd.env)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(writer2)
+    let spawned = (|| {
+        let (reader, writer) = std::io::pipe()?;
+        let mut process = Process::new(program);
+        process.args(args).args(extra).env_clear().envs(&cmd.env).current_dir("/");
+        process.stdin(Stdio::null()).stderr(writer.try_clone()?).stdout(writer);
         // Its own process group, so a timeout kills what it started too.
-        .process_group(0);
-    let child = process.spawn();
-    // Our copies of the write end must go before we read, or EOF never comes.
-    drop(process);
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return Err(failure(format!("cannot run {program}: {e}"))),
-    };
+        process.process_group(0);
+        // `process` (and our copies of the pipe's write end) goes here: EOF can come.
+        Ok((process.spawn()?, reader))
+    })();
+    let (mut child, reader) =
+        spawned.map_err(|e: std::io::Error| failure(format!("cannot run {program}: {e}")))?;
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut reader = reader;
@@ -127,10 +109,7 @@ mod tests {
             Ok(out) => assert_eq!(out.trim(), "ONLY=this"),
             other => panic!("{other:?}"),
         }
-        match run(
-            &cmd(&["/usr/bin/head", "-c", "1000000", "/dev/zero"], 10),
-            &[],
-        ) {
+        match run(&cmd(&["/usr/bin/head", "-c", "1000000", "/dev/zero"], 10), &[]) {
             Ok(out) => assert_eq!(out.len(), MAX_OUTPUT),
             other => panic!("{other:?}"),
         }
@@ -139,42 +118,24 @@ mod tests {
     #[test]
     fn failures_timeouts_and_missing_programs() {
         // Arguments are passed as they are, never through a shell.
-        match run(
-            &cmd(&["/usr/bin/ls", "--"], 10),
-            &["/nonexistent; touch /tmp/x".into()],
-        ) {
+        match run(&cmd(&["/usr/bin/ls", "--"], 10), &["/nonexistent; touch /tmp/x".into()]) {
             Err(f) => assert!(f.output.contains("/nonexistent; touch /tmp/x") && !f.timed_out),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
             run(&cmd(&["/usr/bin/sleep", "30"], 1), &[]),
-            Err(Failure {
-                timed_out: true,
-                ..
-            })
+            Err(Failure { timed_out: true, .. })
         ));
         // A timeout kills the whole process group, not only the direct child.
         let marker = format!("/tmp/privhelper-pgroup-{}", std::process::id());
         let script = format!("/usr/bin/sleep 3 && /usr/bin/touch {marker} & /usr/bin/sleep 30");
         let timed_out = run(&cmd(&["/bin/sh", "-c", &script], 1), &[]);
-        assert!(matches!(
-            timed_out,
-            Err(Failure {
-                timed_out: true,
-                ..
-            })
-        ));
+        assert!(matches!(timed_out, Err(Failure { timed_out: true, .. })));
         std::thread::sleep(Duration::from_secs(4));
-        assert!(
-            !std::path::Path::new(&marker).exists(),
-            "a grandchild outlived the timeout"
-        );
+        assert!(!std::path::Path::new(&marker).exists(), "a grandchild outlived the timeout");
         assert!(matches!(
             run(&cmd(&["/nonexistent/program"], 1), &[]),
-            Err(Failure {
-                timed_out: false,
-                ..
-            })
+            Err(Failure { timed_out: false, .. })
         ));
     }
 }

@@ -6,10 +6,7 @@
 //!   durhack-privhelper check [--policy PATH] [--dev-insecure]   validate and print the policy
 //!   durhack-privhelper check-site [--policy PATH] SITE FILE     print the conf as it would be
 //!                                                               written, or why it is refused
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,50 +18,29 @@ const USAGE: &str = "usage: durhack-privhelper [check] [--policy PATH] [--dev-in
        durhack-privhelper check-site [--policy PATH] SITE FILE";
 
 struct Args {
-    check: bool,
-    /// `check-site SITE FILE`.
-    check_site: Option<(String, PathBuf)>,
+    /// `[]`, `["check"]` or `["check-site", SITE, FILE]`.
+    command: Vec<String>,
     policy: PathBuf,
     dev_insecure: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        check: false,
-        check_site: None,
-        policy: PathBuf::from(DEFAULT_POLICY_PATH),
-        dev_insecure: false,
-    };
-    let mut positional = Vec::new();
+    let (mut command, mut policy, mut dev_insecure) =
+        (Vec::new(), DEFAULT_POLICY_PATH.into(), false);
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--policy" => {
-                args.policy = it
-                    .next()
-                    .map(PathBuf::from)
-                    .ok_or("--policy needs a path")?
-            }
-            "--dev-insecure" => args.dev_insecure = true,
+            "--policy" => policy = it.next().map(PathBuf::from).ok_or("--policy needs a path")?,
+            "--dev-insecure" => dev_insecure = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            other if other.starts_with('-') => {
-                return Err(format!("unexpected option {other:?}\n{USAGE}"));
-            }
-            _ => positional.push(arg),
+            _ if arg.starts_with('-') => return Err(format!("unexpected option {arg:?}\n{USAGE}")),
+            _ => command.push(arg),
         }
     }
-    match positional.as_slice() {
-        [] => {}
-        [check] if check == "check" => args.check = true,
-        [cmd, site, file] if cmd == "check-site" => {
-            args.check_site = Some((site.clone(), file.into()));
-        }
-        other => return Err(format!("unexpected arguments {other:?}\n{USAGE}")),
-    }
-    Ok(args)
+    Ok(Args { command, policy, dev_insecure })
 }
 
 fn main() -> ExitCode {
@@ -79,9 +55,14 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let args = parse_args()?;
-    if let Some((site, file)) = &args.check_site {
-        return check_site(&args.policy, site, file);
-    }
+    let check = match args.command.as_slice() {
+        [] => false,
+        [check] if check == "check" => true,
+        [cmd, site, file] if cmd == "check-site" => {
+            return check_site(&args.policy, site, file.as_ref());
+        }
+        other => return Err(format!("unexpected arguments {other:?}\n{USAGE}")),
+    };
     let is_root = nix::unistd::Uid::effective().is_root();
     if args.dev_insecure {
         privhelper::warning!(
@@ -92,17 +73,12 @@ fn run() -> Result<(), String> {
     }
     let policy = Policy::load(&args.policy)?;
     if !args.dev_insecure {
-        policy
-            .check_ownership(&args.policy)
-            .map_err(|e| format!("refusing to start: {e}"))?;
+        policy.check_ownership(&args.policy).map_err(|e| format!("refusing to start: {e}"))?;
     }
-    if args.check {
-        println!("policy {} is valid; it allows:", args.policy.display());
-        print!("{}", policy.describe());
-        println!(
-            "directives: {}",
-            checker::allowed_directives().collect::<Vec<_>>().join(" ")
-        );
+    if check {
+        // Every field, so nothing the policy allows can be left out of what an operator reads.
+        println!("policy {} is valid; it allows:\n{policy:#?}", args.policy.display());
+        println!("directives: {}", checker::allowed_directives().collect::<Vec<_>>().join(" "));
         return Ok(());
     }
     let listener = server::listen(&policy)?;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Uid};
-use protocol::frame::{self, FrameError};
+use protocol::frame::{self, Deadline, FrameError};
 use protocol::{ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, Request, Response};
 
 use crate::actions;
@@ -65,10 +65,7 @@ fn serr<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
 /// stdin, which std lets us borrow safely.
 pub fn listen(policy: &Policy) -> Result<UnixListener, String> {
     if let Some(listener) = inherited_listener() {
-        crate::info!(
-            "using the activated socket on stdin: {:?}",
-            listener.local_addr().ok()
-        );
+        crate::info!("using the activated socket on stdin: {:?}", listener.local_addr().ok());
         return Ok(listener);
     }
     if std::env::var("LISTEN_PID").is_ok_and(|p| p == std::process::id().to_string()) {
@@ -88,10 +85,7 @@ pub fn listen(policy: &Policy) -> Result<UnixListener, String> {
             fs::remove_file(&policy.socket).map_err(serr("cannot remove the stale socket"))?
         }
         Ok(_) => {
-            return Err(format!(
-                "{} exists and is not a socket",
-                policy.socket.display()
-            ));
+            return Err(format!("{} exists and is not a socket", policy.socket.display()));
         }
         Err(_) => {}
     }
@@ -137,7 +131,7 @@ pub fn drop_privileges() -> Result<(), String> {
 /// queue up in front of a request.
 const MAX_OPEN: usize = 64;
 
-type Job<'a> = (UnixStream, Request, (u32, i32), Instant);
+type Job = (UnixStream, Request, (u32, i32), Instant);
 
 /// Reads requests concurrently (one thread per connection, each under one deadline, at most
 /// [`MAX_OPEN`]) and executes them one at a time on a single thread, forever. `Hello` has no
@@ -185,31 +179,7 @@ fn execute(policy: &Policy, queue: mpsc::Receiver<Job>) {
     for (stream, request, peer, started) in queue {
         let response = actions::handle(policy, &mut state, &request);
         let site = request.site().map_or("-".into(), |s| s.to_string());
-        respond(
-            stream,
-            peer,
-            request.verb(),
-            &site,
-            &response,
-            started,
-            None,
-        );
-    }
-}
-
-struct Deadline<'a> {
-    stream: &'a UnixStream,
-    until: Instant,
-}
-
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        (&mut &*self.stream).read(buf)
+        respond(stream, peer, request.verb(), &site, &response, started, None);
     }
 }
 
@@ -227,42 +197,19 @@ fn receive(policy: &Policy, stream: UnixStream, jobs: &mpsc::SyncSender<Job>) {
         // Refused before a byte is looked at (what it sent is drained unparsed, below).
         Response::error(ErrorCode::PeerRefused, "not the policy's client user")
     } else {
-        let mut reader = Deadline {
-            stream: &stream,
-            until,
-        };
+        let mut reader = Deadline { stream: &stream, until };
         match frame::read_exact_one::<Request>(&mut reader) {
-            Ok(Request::Hello) => Response::Hello {
-                version: PROTOCOL_VERSION,
-            },
+            Ok(Request::Hello) => Response::Hello { version: PROTOCOL_VERSION },
             Ok(request) => {
                 if jobs.send((stream, request, peer, started)).is_err() {
                     crate::error!("the executor is gone");
                 }
                 return;
             }
-            Err(e) => {
-                let code = match &e {
-                    FrameError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
-                    FrameError::Io(io)
-                        if matches!(
-                            io.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        ErrorCode::Timeout
-                    }
-                    _ => ErrorCode::Malformed,
-                };
-                Response::error(code, e.to_string())
-            }
+            Err(e) => Response::error(ErrorCode::from(&e), e.to_string()),
         }
     };
-    let verb = if matches!(response, Response::Hello { .. }) {
-        "hello"
-    } else {
-        "-"
-    };
+    let verb = if matches!(response, Response::Hello { .. }) { "hello" } else { "-" };
     respond(stream, peer, verb, "-", &response, started, Some(until));
 }
 
@@ -281,36 +228,23 @@ fn respond(
     let decision = match response {
         Response::Hello { .. } => "hello".to_string(),
         Response::Done { outcome, .. } => format!("done: {outcome}"),
-        Response::Error {
-            code: ErrorCode::PeerRefused,
-            ..
-        } => "refused: wrong peer uid".to_string(),
-        Response::Error { code, detail } => format!(
-            "error: {code}: {}",
-            detail.as_str().lines().next().unwrap_or("")
-        ),
+        Response::Error { code, detail } => {
+            format!("error: {code}: {}", detail.as_str().lines().next().unwrap_or(""))
+        }
     };
+    // The one log line per request, written before the peer can see the answer.
+    let (peer_uid, peer_pid, ms) = (peer.0, peer.1, started.elapsed().as_millis());
+    crate::info!(
+        "peer_uid={peer_uid} peer_pid={peer_pid} verb={verb} site={site:?} decision={decision:?} duration_ms={ms}"
+    );
     let written =
         frame::write(&mut stream, response).and_then(|()| stream.flush().map_err(FrameError::Io));
     if let Some(until) = drain_until {
         let _ = stream.shutdown(Shutdown::Write);
-        let reader = Deadline {
-            stream: &stream,
-            until,
-        };
+        let reader = Deadline { stream: &stream, until };
         let _ = io::copy(&mut reader.take(MAX_FRAME_BYTES as u64), &mut io::sink());
     }
-    log_request(peer, verb, site, &decision, started);
     if let Err(e) = written {
-        crate::warning!("peer_pid={} could not send the response: {e}", peer.1);
+        crate::warning!("peer_pid={peer_pid} could not send the response: {e}");
     }
-}
-
-/// The one log line per request.
-fn log_request(peer: (u32, i32), verb: &str, site: &str, decision: &str, started: Instant) {
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let (peer_uid, peer_pid) = peer;
-    crate::info!(
-        "peer_uid={peer_uid} peer_pid={peer_pid} verb={verb} site={site:?} decision={decision:?} duration_ms={duration_ms}"
-    );
 }

@@ -11,13 +11,8 @@ use testkit::prereq;
 use testkit::privhelper::{PolicySpec, PrivHelper};
 
 fn domains(names: &[&str]) -> Domains {
-    Domains::try_from(
-        names
-            .iter()
-            .map(|n| Domain::try_from(*n).unwrap())
-            .collect::<Vec<_>>(),
-    )
-    .unwrap()
+    Domains::try_from(names.iter().map(|n| Domain::try_from(*n).unwrap()).collect::<Vec<_>>())
+        .unwrap()
 }
 
 fn issue(client: &Client, names: &[&str]) -> Response {
@@ -31,18 +26,12 @@ fn issue(client: &Client, names: &[&str]) -> Response {
 
 fn certbot_runs(certbot_dir: &std::path::Path) -> usize {
     // certbot starts a new log file (rotating the old ones) on every run.
-    std::fs::read_dir(certbot_dir.join("logs"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(certbot_dir.join("logs")).map(|d| d.count()).unwrap_or(0)
 }
 
 #[test]
 fn certificates_are_issued_once_and_only_for_policy_domains() {
-    if !prereq::require(
-        "certbot",
-        prereq::have_program("certbot"),
-        "real certificate issuance",
-    ) {
+    if !prereq::require("certbot", prereq::have_program("certbot"), "real certificate issuance") {
         return;
     }
     let Some(nginx) = Nginx::start() else { return };
@@ -76,22 +65,13 @@ fn certificates_are_issued_once_and_only_for_policy_domains() {
         })
         .unwrap();
     assert!(
-        matches!(
-            response,
-            Response::Done {
-                outcome: Outcome::SiteWritten,
-                ..
-            }
-        ),
+        matches!(response, Response::Done { outcome: Outcome::SiteWritten, .. }),
         "{response:?}"
     );
     let old = nginx.worker_pids();
     assert!(matches!(
         client.call(&Request::ReloadNginx).unwrap(),
-        Response::Done {
-            outcome: Outcome::Reloaded,
-            ..
-        }
+        Response::Done { outcome: Outcome::Reloaded, .. }
     ));
     nginx.wait_for_new_workers(&old);
 
@@ -99,13 +79,7 @@ fn certificates_are_issued_once_and_only_for_policy_domains() {
     for names in [&["evil.test"][..], &["demo.test", "other.test"][..]] {
         let response = issue(&client, names);
         assert!(
-            matches!(
-                response,
-                Response::Error {
-                    code: ErrorCode::NotAllowed,
-                    ..
-                }
-            ),
+            matches!(response, Response::Error { code: ErrorCode::NotAllowed, .. }),
             "{response:?}"
         );
     }
@@ -114,13 +88,7 @@ fn certificates_are_issued_once_and_only_for_policy_domains() {
     // A real certificate from the real ACME server.
     let response = issue(&client, &["demo.test", "www.demo.test"]);
     assert!(
-        matches!(
-            response,
-            Response::Done {
-                outcome: Outcome::CertificateIssued,
-                ..
-            }
-        ),
+        matches!(response, Response::Done { outcome: Outcome::CertificateIssued, .. }),
         "{response:?}\npebble log:\n{}",
         pebble.log()
     );
@@ -136,20 +104,10 @@ fn certificates_are_issued_once_and_only_for_policy_domains() {
     drop(pebble);
     let response = issue(&client, &["demo.test", "www.demo.test"]);
     assert!(
-        matches!(
-            response,
-            Response::Done {
-                outcome: Outcome::CertificateStillValid,
-                ..
-            }
-        ),
+        matches!(response, Response::Done { outcome: Outcome::CertificateStillValid, .. }),
         "{response:?}"
     );
-    assert_eq!(
-        certbot_runs(certbot_dir.path()),
-        runs,
-        "certbot did not run again"
-    );
+    assert_eq!(certbot_runs(certbot_dir.path()), runs, "certbot did not run again");
     // Another set of names is not "still valid" (certbot would replace the certificate), so
     // alternating sets cannot pass the guard; the per-site hourly limit stops them instead.
     let response = issue(&client, &["www.demo.test"]);
@@ -163,17 +121,12 @@ fn certificates_are_issued_once_and_only_for_policy_domains() {
     let after_subset = certbot_runs(certbot_dir.path());
     let response = issue(&client, &["demo.test"]);
     match response {
-        Response::Error {
-            code: ErrorCode::NotAllowed,
-            detail,
-        } => assert!(detail.as_str().contains("max_runs_per_hour"), "{detail:?}"),
+        Response::Error { code: ErrorCode::NotAllowed, detail } => {
+            assert!(detail.as_str().contains("max_runs_per_hour"), "{detail:?}")
+        }
         other => panic!("expected the hourly limit, got {other:?}"),
     }
-    assert_eq!(
-        certbot_runs(certbot_dir.path()),
-        after_subset,
-        "limited: certbot did not run"
-    );
+    assert_eq!(certbot_runs(certbot_dir.path()), after_subset, "limited: certbot did not run");
     let log = helper.log();
     assert!(
         log.contains("done: CertificateStillValid") && log.contains("error: NotAllowed"),

@@ -31,19 +31,10 @@ fn write(client: &Client, conf: &str) -> Response {
 fn assert_refused(nginx: &Nginx, client: &Client, conf: &str) {
     let response = write(client, conf);
     assert!(
-        matches!(
-            response,
-            Response::Error {
-                code: ErrorCode::ConfRefused,
-                ..
-            }
-        ),
+        matches!(response, Response::Error { code: ErrorCode::ConfRefused, .. }),
         "should be refused before nginx sees it:\n{conf}\n{response:?}"
     );
-    assert!(
-        !nginx.sites_dir().join("demo.conf").exists(),
-        "nothing written for:\n{conf}"
-    );
+    assert!(!nginx.sites_dir().join("demo.conf").exists(), "nothing written for:\n{conf}");
 }
 
 fn assert_written(client: &Client, conf: &str) {
@@ -51,10 +42,7 @@ fn assert_written(client: &Client, conf: &str) {
     assert!(
         matches!(
             response,
-            Response::Done {
-                outcome: Outcome::SiteWritten | Outcome::SiteUnchanged,
-                ..
-            }
+            Response::Done { outcome: Outcome::SiteWritten | Outcome::SiteUnchanged, .. }
         ),
         "{conf}\n{response:?}"
     );
@@ -88,10 +76,7 @@ fn unix_sockets_in_any_case_and_open_proxies_are_refused() {
     let victim = dir.path().join("victim");
     std::fs::write(&victim, "root's file").unwrap();
     let server = |body: &str| {
-        format!(
-            "server {{ listen {}; server_name demo.test; {body} }}",
-            nginx.listen()
-        )
+        format!("server {{ listen {}; server_name demo.test; {body} }}", nginx.listen())
     };
     for body in [
         format!("listen UNIX:{};", victim.display()),
@@ -122,35 +107,18 @@ fn a_reload_nginx_did_not_apply_is_an_error() {
     let before = nginx.worker_pids();
     let response = client.call(&Request::ReloadNginx).unwrap();
     match &response {
-        Response::Error {
-            code: ErrorCode::CommandFailed,
-            detail,
-        } => assert!(detail.as_str().contains("did not apply"), "{detail:?}"),
-        other => panic!(
-            "nginx kept its old configuration, yet: {other:?}\n{}",
-            nginx.error_log()
-        ),
+        Response::Error { code: ErrorCode::CommandFailed, detail } => {
+            assert!(detail.as_str().contains("did not apply"), "{detail:?}")
+        }
+        other => panic!("nginx kept its old configuration, yet: {other:?}\n{}", nginx.error_log()),
     }
     assert_eq!(nginx.worker_pids(), before, "the old workers still serve");
-    assert!(
-        nginx.error_log().contains("Address already in use"),
-        "{}",
-        nginx.error_log()
-    );
+    assert!(nginx.error_log().contains("Address already in use"), "{}", nginx.error_log());
 
     // Once the port is free the same reload is applied and reported done.
     drop(holder);
     let response = client.call(&Request::ReloadNginx).unwrap();
-    assert!(
-        matches!(
-            response,
-            Response::Done {
-                outcome: Outcome::Reloaded,
-                ..
-            }
-        ),
-        "{response:?}"
-    );
+    assert!(matches!(response, Response::Done { outcome: Outcome::Reloaded, .. }), "{response:?}");
 }
 
 /// Finding 5: a site listening on an address of its own became that address's default server
@@ -182,9 +150,8 @@ fn idle_connections_do_not_stall_a_hello() {
     };
     // The harness's policy uses the default 5 s read timeout: 50 idle connections read one
     // after the other would hold a Hello for 250 s.
-    let idle: Vec<UnixStream> = (0..50)
-        .map(|_| UnixStream::connect(helper.socket()).unwrap())
-        .collect();
+    let idle: Vec<UnixStream> =
+        (0..50).map(|_| UnixStream::connect(helper.socket()).unwrap()).collect();
     let started = Instant::now();
     let client = Client::new(helper.socket(), Duration::from_secs(3));
     let hello = client.call(&Request::Hello);
@@ -237,20 +204,11 @@ fn no_escape_from_the_root_at_request_time() {
     .unwrap();
     assert_written(&client, &server(""));
     let old = nginx.worker_pids();
-    assert!(matches!(
-        client.call(&Request::ReloadNginx).unwrap(),
-        Response::Done { .. }
-    ));
+    assert!(matches!(client.call(&Request::ReloadNginx).unwrap(), Response::Done { .. }));
     nginx.wait_for_new_workers(&old);
-    assert_eq!(
-        nginx.get("demo.test", "/index.html"),
-        (200, "inside".into())
-    );
+    assert_eq!(nginx.get("demo.test", "/index.html"), (200, "inside".into()));
     let (status, body) = nginx.get("demo.test", "/leak.txt");
-    assert_ne!(
-        body, "outside the root",
-        "the symlink was followed ({status})"
-    );
+    assert_ne!(body, "outside the root", "the symlink was followed ({status})");
     assert_eq!(status, 403);
 }
 
@@ -274,19 +232,11 @@ fn a_refused_peer_reads_the_refusal_even_after_sending() {
     stream.write_all(&frame).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let mut answer = Vec::new();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream.read_to_end(&mut answer).unwrap();
     let response: Response = protocol::frame::decode(&answer).unwrap();
     assert!(
-        matches!(
-            response,
-            Response::Error {
-                code: ErrorCode::PeerRefused,
-                ..
-            }
-        ),
+        matches!(response, Response::Error { code: ErrorCode::PeerRefused, .. }),
         "{response:?}"
     );
 }

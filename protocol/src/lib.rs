@@ -114,6 +114,24 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl From<&FrameError> for ErrorCode {
+    /// How a server answers a request frame it could not read.
+    fn from(e: &FrameError) -> ErrorCode {
+        match e {
+            FrameError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
+            FrameError::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                ErrorCode::Timeout
+            }
+            _ => ErrorCode::Malformed,
+        }
+    }
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self, f)

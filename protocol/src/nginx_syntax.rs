@@ -316,6 +316,45 @@ pub fn variables(arg: &str) -> Vec<&str> {
     out
 }
 
+/// The port of a `proxy_pass` URL naming a loopback upstream (`http://127.0.0.1:P`,
+/// `http://[::1]:P` or `http://localhost:P`, then nothing or a `/path` without variables), as
+/// nginx would read it; `None` for anything else (another scheme or host, `unix:`, variables).
+pub fn loopback_port(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let port = ["127.0.0.1:", "[::1]:", "localhost:"]
+        .iter()
+        .find_map(|h| authority.strip_prefix(h));
+    port.filter(|_| !path.contains('$'))?.parse().ok()
+}
+
+/// Whether regex captures (`$1`..`$9`) can only hold pieces of the normalised `$uri`: false as
+/// soon as an `if` matches a regex against anything else (`if ($args ~ (.*))`), since the last
+/// match sets them.
+pub fn captures_come_from_uri(directives: &[Directive]) -> bool {
+    directives.iter().all(|d| {
+        let regex = d.name == "if"
+            && d.args
+                .iter()
+                .any(|a| a.trim_start_matches('!').starts_with('~'));
+        let subject = d.args.first().map(|a| a.trim_start_matches('('));
+        let from_uri = !regex || matches!(subject, Some("$uri" | "$document_uri"));
+        from_uri && d.block.as_deref().is_none_or(captures_come_from_uri)
+    })
+}
+
+/// Whether `alias` is safe in the location with arguments `location`: nginx replaces the
+/// location's prefix by the alias, so `location /img { alias /srv/x/; }` serves `/img../etc`
+/// from `/srv/x/../etc`. In a prefix location both must end with `/`; exact (`=`) and regex
+/// locations name whole files.
+pub fn alias_fits(location: &[String], alias: &str) -> bool {
+    match location {
+        [m, _] if matches!(m.as_str(), "=" | "~" | "~*") => true,
+        [prefix] | [_, prefix] => prefix.ends_with('/') && alias.ends_with('/'),
+        _ => false,
+    }
+}
+
 /// The canonical text of `directives`: one directive per line, four spaces of indent per level,
 /// names bare, every argument double-quoted with `\\` and `"` escaped. nginx reads a quoted
 /// argument back byte for byte (only `\\` and `"` are special inside double quotes, in every
@@ -446,6 +485,39 @@ mod tests {
         assert_eq!(variables("$arg_p.html"), ["arg_p"]);
         assert_eq!(variables("${unterminated"), [""]);
         assert!(variables("plain").is_empty());
+    }
+
+    #[test]
+    fn loopback_ports_aliases_and_captures() {
+        assert_eq!(loopback_port("http://127.0.0.1:3000/api/"), Some(3000));
+        assert_eq!(loopback_port("http://[::1]:3000"), Some(3000));
+        assert_eq!(loopback_port("http://localhost:3000"), Some(3000));
+        for bad in [
+            "http://UNIX:/x.sock:/",
+            "HTTP://127.0.0.1:3000",
+            "https://127.0.0.1:3000",
+            "http://127.0.0.1:3000/$1",
+            "http://127.0.0.1:3000@x",
+            "http://127.0.0.2:3000",
+            "http://127.0.0.1",
+            "http://$host:3000",
+        ] {
+            assert_eq!(loopback_port(bad), None, "{bad}");
+        }
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(alias_fits(&args(&["/img/"]), "/srv/x/"));
+        assert!(alias_fits(&args(&["^~", "/img/"]), "/srv/x/"));
+        assert!(alias_fits(&args(&["=", "/f"]), "/srv/f"));
+        assert!(!alias_fits(&args(&["/img"]), "/srv/x/"));
+        assert!(!alias_fits(&args(&["/img/"]), "/srv/x"));
+        assert!(!alias_fits(&args(&["@named"]), "/srv/x/"));
+        assert!(captures_come_from_uri(
+            &parse("if ($uri ~ (.*)) { } if ($a = b) { }").unwrap()
+        ));
+        assert!(!captures_come_from_uri(
+            &parse("location / { if ($args ~* (.*)) { } }").unwrap()
+        ));
+        assert!(!captures_come_from_uri(&parse("if ($a !~ x) { }").unwrap()));
     }
 
     #[test]
