@@ -36,11 +36,7 @@ fn site_on_ports_80_and_443_with_a_real_certificate() {
         return in_private_namespace(&inner);
     }
     let needs = [
-        (
-            "root",
-            prereq::is_root(),
-            "the helper drops real capabilities",
-        ),
+        ("root", prereq::is_root(), "the helper drops real capabilities"),
         (
             "a private network namespace (unshare -n, ip)",
             netns::available(),
@@ -88,11 +84,7 @@ fn in_private_namespace(_inner: &netns::Inner) {
     println!(
         "nginx {} listening on 80 and 443{}",
         nginx.prefix().display(),
-        if nginx.ipv6() {
-            ", IPv4 and IPv6"
-        } else {
-            ", IPv4 only"
-        }
+        if nginx.ipv6() { ", IPv4 and IPv6" } else { ", IPv4 only" }
     );
     // pebble validates http-01 by fetching the token from site.test:80, which challtestsrv
     // resolves to 127.0.0.1: this nginx.
@@ -109,8 +101,7 @@ fn in_private_namespace(_inner: &netns::Inner) {
     spec.cert_live_dir = Pebble::live_dir(&certbot_dir);
     spec.listen = vec!["80".into(), "443 ssl".into()];
     if nginx.ipv6() {
-        spec.listen
-            .extend(["[::]:80".into(), "[::]:443 ssl".into()]);
+        spec.listen.extend(["[::]:80".into(), "[::]:443 ssl".into()]);
     }
     // For the reload nginx cannot apply (below): a port another program holds.
     spec.listen.push(BUSY_PORT.to_string());
@@ -133,10 +124,7 @@ fn in_private_namespace(_inner: &netns::Inner) {
     };
 
     // Before any site: every host gets the catch-all.
-    assert_eq!(
-        w.get("site.test"),
-        (DEFAULT_ANSWER.0, DEFAULT_ANSWER.1.into())
-    );
+    assert_eq!(w.get("site.test"), (DEFAULT_ANSWER.0, DEFAULT_ANSWER.1.into()));
 
     // 3. A plain-HTTP site on port 80 that also serves the ACME challenges.
     w.write_site(&w.http_server());
@@ -149,27 +137,20 @@ fn in_private_namespace(_inner: &netns::Inner) {
             w.diagnostics()
         );
     }
-    assert_eq!(
-        w.get("other.test"),
-        (DEFAULT_ANSWER.0, DEFAULT_ANSWER.1.into())
-    );
+    assert_eq!(w.get("other.test"), (DEFAULT_ANSWER.0, DEFAULT_ANSWER.1.into()));
 
     // A reload nginx cannot apply: another program holds a port the site now asks for. `nginx
     // -t` passes (it ignores "address in use", since the running master may hold the port);
     // the master then fails to bind and keeps serving the old configuration, which ReloadNginx
     // must report instead of "Reloaded".
     let squatter = std::net::TcpListener::bind(("0.0.0.0", BUSY_PORT)).unwrap();
-    let busy = w.http_server().replace(
-        "    listen 80;\n",
-        &format!("    listen 80;\n    listen {BUSY_PORT};\n"),
-    );
+    let busy = w
+        .http_server()
+        .replace("    listen 80;\n", &format!("    listen 80;\n    listen {BUSY_PORT};\n"));
     w.write_site(&busy);
     let response = w.call(&Request::ReloadNginx);
     match &response {
-        Response::Error {
-            code: ErrorCode::CommandFailed,
-            ..
-        } => {}
+        Response::Error { code: ErrorCode::CommandFailed, .. } => {}
         other => panic!(
             "ReloadNginx that nginx could not apply: expected CommandFailed, got:\n{}\n{}",
             describe(other),
@@ -190,11 +171,7 @@ fn in_private_namespace(_inner: &netns::Inner) {
     // The site's HTTPS server, on the certificate IssueCertificate will put in `live`.
     let tls = format!(
         "server {{\n    listen 443 ssl;\n{}    server_name site.test;\n    ssl_certificate {live}/fullchain.pem;\n    ssl_certificate_key {live}/privkey.pem;\n    root {www};\n}}\n",
-        if w.nginx.ipv6() {
-            "    listen [::]:443 ssl;\n"
-        } else {
-            ""
-        },
+        if w.nginx.ipv6() { "    listen [::]:443 ssl;\n" } else { "" },
         live = w.live.display(),
         www = w.www.display(),
     );
@@ -205,10 +182,8 @@ fn in_private_namespace(_inner: &netns::Inner) {
         config: SiteConfig::try_from(format!("{}{tls}", w.http_server())).unwrap(),
     });
     match &response {
-        Response::Error {
-            code: ErrorCode::NginxTestFailed,
-            detail,
-        } if detail.as_str().contains("fullchain.pem") => {}
+        Response::Error { code: ErrorCode::NginxTestFailed, detail }
+            if detail.as_str().contains("fullchain.pem") => {}
         other => panic!(
             "WriteSite with a missing certificate: expected NginxTestFailed naming fullchain.pem, got:\n{}\n{}",
             describe(other),
@@ -220,19 +195,11 @@ fn in_private_namespace(_inner: &netns::Inner) {
         on_disk.contains("site.test") && !on_disk.contains("ssl_certificate"),
         "the refused write was undone:\n{on_disk}"
     );
-    assert_eq!(
-        w.get("site.test"),
-        (200, CONTENT.into()),
-        "{}",
-        w.diagnostics()
-    );
+    assert_eq!(w.get("site.test"), (200, CONTENT.into()), "{}", w.diagnostics());
 
     // 4. A real certificate: pebble fetches the token from port 80 through the site's snippet.
     let names = Domains::try_from(vec![Domain::try_from("site.test").unwrap()]).unwrap();
-    let response = w.call(&Request::IssueCertificate {
-        site: w.site.clone(),
-        domains: names,
-    });
+    let response = w.call(&Request::IssueCertificate { site: w.site.clone(), domains: names });
     w.expect(&response, Outcome::CertificateIssued, "IssueCertificate");
     let access_log = std::fs::read_to_string(w.nginx.logs_dir().join("access.log")).unwrap();
     assert!(
@@ -266,9 +233,7 @@ fn in_private_namespace(_inner: &netns::Inner) {
     }
 
     // 6. Removed: site.test falls to the catch-all on both ports.
-    let response = w.call(&Request::RemoveSite {
-        site: w.site.clone(),
-    });
+    let response = w.call(&Request::RemoveSite { site: w.site.clone() });
     w.expect(&response, Outcome::SiteRemoved, "RemoveSite");
     w.reload();
     for addr in w.addrs(80) {
@@ -292,12 +257,7 @@ fn in_private_namespace(_inner: &netns::Inner) {
         );
     }
     let log = w.helper.log();
-    for verb in [
-        "write-site",
-        "reload-nginx",
-        "issue-certificate",
-        "remove-site",
-    ] {
+    for verb in ["write-site", "reload-nginx", "issue-certificate", "remove-site"] {
         assert!(log.contains(&format!("verb={verb} ")), "{log}");
     }
     // Only the reload nginx could not apply and the write before the certificate existed
@@ -342,11 +302,7 @@ impl World {
     fn http_server(&self) -> String {
         format!(
             "server {{\n    listen 80;\n{}    server_name site.test;\n    root {};\n    include {}/acme-challenge.conf;\n}}\n",
-            if self.nginx.ipv6() {
-                "    listen [::]:80;\n"
-            } else {
-                ""
-            },
+            if self.nginx.ipv6() { "    listen [::]:80;\n" } else { "" },
             self.www.display(),
             self.nginx.snippets_dir().display()
         )
@@ -358,11 +314,7 @@ impl World {
             site: self.site.clone(),
             config: SiteConfig::try_from(conf.to_string()).unwrap(),
         });
-        self.expect(
-            &response,
-            Outcome::SiteWritten,
-            &format!("WriteSite\n{conf}"),
-        );
+        self.expect(&response, Outcome::SiteWritten, &format!("WriteSite\n{conf}"));
     }
 
     #[track_caller]
@@ -458,11 +410,7 @@ fn openssl(args: &[&str], stdin: &[u8]) -> String {
     input.write_all(stdin).unwrap();
     drop(input);
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -475,18 +423,12 @@ fn fingerprint(path: &Path) -> String {
 /// The SHA-256 fingerprint of the certificate served at `addr` for SNI site.test.
 fn served_fingerprint(addr: SocketAddr) -> String {
     let connect = addr.to_string();
-    let shown = openssl(
-        &["s_client", "-connect", &connect, "-servername", "site.test"],
-        b"",
-    );
+    let shown = openssl(&["s_client", "-connect", &connect, "-servername", "site.test"], b"");
     let start = shown.find("-----BEGIN CERTIFICATE-----");
     let end = shown.find("-----END CERTIFICATE-----");
     let (Some(start), Some(end)) = (start, end) else {
         panic!("no certificate served at {addr}:\n{shown}");
     };
     let pem = &shown[start..end + "-----END CERTIFICATE-----".len()];
-    openssl(
-        &["x509", "-noout", "-fingerprint", "-sha256"],
-        format!("{pem}\n").as_bytes(),
-    )
+    openssl(&["x509", "-noout", "-fingerprint", "-sha256"], format!("{pem}\n").as_bytes())
 }
