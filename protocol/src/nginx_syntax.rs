@@ -454,6 +454,23 @@ mod tests {
     }
 
     #[test]
+    fn errors_name_the_right_line_and_never_panic() {
+        // A backslash at the very end escapes nothing: an error, not an index past the end.
+        for text in ["a b\\", "a \\", "\\"] {
+            assert!(parse(text).is_err(), "{text:?}");
+        }
+        // (A line break inside a token is a control character in it: refused at its line, so
+        // counting lines inside tokens cannot change what is accepted.)
+        let e = parse("a;\n# c\n\n'x\ny';").unwrap_err();
+        assert_eq!(
+            (e.line, e.to_string().starts_with("line 4: ")),
+            (4, true),
+            "{e}"
+        );
+        assert_eq!(parse("a;\n b x;").unwrap()[1].line, 2);
+    }
+
+    #[test]
     fn control_characters_are_refused() {
         for bad in ["a \"x\\ny\";", "a x\\ty;", "a \u{7}b;", "a \u{85};"] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
