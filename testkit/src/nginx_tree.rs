@@ -273,7 +273,7 @@ fn unhex(word: &str) -> Vec<u8> {
     let hex = word
         .strip_prefix('x')
         .unwrap_or_else(|| panic!("bad oracle word {word:?}"));
-    assert!(hex.len() % 2 == 0, "bad oracle word {word:?}");
+    assert!(hex.len().is_multiple_of(2), "bad oracle word {word:?}");
     (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
