@@ -407,6 +407,37 @@ fn generate(seed: u64) -> String {
 
 // --- The test. --------------------------------------------------------------------------------
 
+/// Which of the tokenizer's special cases `text` exercises (for the coverage line).
+fn features(text: &str) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = [
+        "$", "${", "${{", "{", "}", "\"", "'", "\\\"", "\\\\", "\\n", "\\t", "\\x", "#", ";", "\r",
+        "\t",
+    ]
+    .into_iter()
+    .filter(|f| text.contains(f))
+    .collect();
+    let bytes = text.as_bytes();
+    if (1..bytes.len()).any(|i| bytes[i] == b'#' && !b" \t\r\n;{}".contains(&bytes[i - 1])) {
+        out.push("a#b");
+    }
+    if (1..bytes.len()).any(|i| bytes[i] == b'{' && bytes[i - 1] > b' ' && bytes[i - 1] != b'$') {
+        out.push("glued {");
+    }
+    if !text.is_ascii() {
+        out.push("non-ASCII");
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && !"\n\r\t".contains(c))
+    {
+        out.push("control");
+    }
+    if text.len() > 4000 {
+        out.push("4 KiB word or comment");
+    }
+    out
+}
+
 struct Case {
     seed: u64,
     text: String,
@@ -424,6 +455,10 @@ struct Tally {
     dollar_brace: usize,
     too_long: usize,
     mismatches: Vec<String>,
+    /// Of `mismatches`, those where nginx refused a word too long for its 4 KiB buffer.
+    mismatches_too_long: usize,
+    /// Accepted confs per tokenizer feature in the client text.
+    coverage: std::collections::BTreeMap<&'static str, usize>,
     dollar_brace_cases: Vec<String>,
     other_original: Vec<String>,
 }
@@ -526,6 +561,9 @@ fn compare_batch(oracle: &nginx_tree::Oracle, batch: &[Case], tally: &mut Tally)
                 .mismatches
                 .push(report(case, why, nginx_written, &ours));
         } else if nginx_written.as_ref().ok() != Some(&checked) {
+            if matches!(nginx_written, Err(e) if e.contains("too long parameter")) {
+                tally.mismatches_too_long += 1;
+            }
             let why = "nginx's tree of the written text != parse(written)";
             tally
                 .mismatches
@@ -578,6 +616,9 @@ fn checker_output_reads_the_same_to_nginx() {
             continue;
         };
         tally.accepted += 1;
+        for feature in features(&text) {
+            *tally.coverage.entry(feature).or_default() += 1;
+        }
         let checker_tree = match api::parse(&text) {
             Ok(t) => nodes(&t),
             Err(e) => {
@@ -611,7 +652,7 @@ fn checker_output_reads_the_same_to_nginx() {
     }
     eprintln!(
         "differential: seed={seed:#x} generated={} accepted={} compared={} differing-original={} \
-         (dollar-brace={} too-long={} other={}) mismatches={} in {:.1}s",
+         (dollar-brace={} too-long={} other={}) mismatches={} (nginx-too-long={}) in {:.1}s",
         tally.generated,
         tally.accepted,
         tally.compared,
@@ -620,8 +661,15 @@ fn checker_output_reads_the_same_to_nginx() {
         tally.too_long,
         tally.differing_original - tally.dollar_brace - tally.too_long,
         tally.mismatches.len(),
+        tally.mismatches_too_long,
         started.elapsed().as_secs_f64()
     );
+    let coverage: Vec<String> = tally
+        .coverage
+        .iter()
+        .map(|(f, n)| format!("{f:?}={n}"))
+        .collect();
+    eprintln!("accepted confs per feature: {}", coverage.join(" "));
     let mut failures = String::new();
     if !tally.mismatches.is_empty() {
         let _ = writeln!(
