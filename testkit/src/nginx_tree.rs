@@ -464,4 +464,39 @@ mod tests {
         }
         assert_eq!(got[3], Ok(vec![n("ok", &[], None)]));
     }
+
+    /// nginx reads a conf through a 4096-byte buffer (`NGX_CONF_BUFFER`); a word must fit in it
+    /// together with the character after it. So a quoted word's content (as written, escapes
+    /// included) may be at most 4094 bytes, a bare word or a comment at most 4095.
+    #[test]
+    fn nginx_refuses_words_that_do_not_fit_its_buffer() {
+        let quoted = |n: usize| format!("a \"{}\";\n", "b".repeat(n)).into_bytes();
+        let bare = |n: usize| format!("a {};\n", "b".repeat(n)).into_bytes();
+        let comment = |n: usize| format!("a;\n#{}\nz;\n", "c".repeat(n - 1)).into_bytes();
+        let escaped = |n: usize| format!("a \"{}\";\n", "\\\\".repeat(n / 2)).into_bytes();
+        let texts = [
+            quoted(4094),
+            quoted(4095),
+            bare(4095),
+            bare(4096),
+            comment(4095),
+            comment(4096),
+            escaped(4094),
+            escaped(4096),
+        ];
+        let texts: Vec<&[u8]> = texts.iter().map(|t| t.as_slice()).collect();
+        let Some(got) = trees(&texts) else {
+            return;
+        };
+        let ok: Vec<bool> = got.iter().map(|t| t.is_ok()).collect();
+        assert_eq!(
+            ok,
+            [true, false, true, false, true, false, true, false],
+            "{got:?}"
+        );
+        let err = got[1].as_ref().expect_err("too long");
+        assert!(err.contains("too long parameter"), "{err}");
+        // 4094 bytes as written are 2047 backslashes once unescaped.
+        assert_eq!(got[6].as_ref().unwrap()[0].args[0], vec![b'\\'; 2047]);
+    }
 }
