@@ -8,6 +8,7 @@
 //! `<out>`. [`Oracle::trees`] runs `nginx -t` once per batch of files with a minimal main conf:
 //!
 //! ```text
+//! pid <tmp>/nginx.pid;
 //! load_module <module.so>;
 //! dump_tree <out> <file1> <file2> ...;
 //! events {}
@@ -212,8 +213,10 @@ impl Oracle {
             .tempdir()
             .expect("tempdir");
         let out = dir.path().join("tree.out");
+        // `pid`: without root, nginx -t fails if it cannot open the packaged /run/nginx.pid.
         let mut conf = format!(
-            "load_module {};\ndump_tree {}",
+            "pid {};\nload_module {};\ndump_tree {}",
+            quote(&dir.path().join("nginx.pid")),
             quote(&self.module),
             quote(&out)
         );
