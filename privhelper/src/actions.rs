@@ -1,11 +1,12 @@
 //! What each verb does once the peer has been accepted. The only file ever written or removed
 //! is `<conf_dir>/<site>.conf` (plus its temporary sibling during an atomic write).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use protocol::{
@@ -16,51 +17,39 @@ use crate::checker;
 use crate::command::{self, Failure};
 use crate::policy::Policy;
 
-pub fn handle(policy: &Policy, request: &Request) -> Response {
+/// What the helper remembers between requests: when certbot last ran for each site.
+#[derive(Debug, Default)]
+pub struct State {
+    certbot_runs: BTreeMap<SiteName, Vec<Instant>>,
+}
+
+pub fn handle(policy: &Policy, state: &mut State, request: &Request) -> Response {
     match request {
-        Request::Hello => Response::Hello {
-            version: PROTOCOL_VERSION,
-        },
+        Request::Hello => Response::Hello { version: PROTOCOL_VERSION },
         Request::WriteSite { site, config } => write_site(policy, site, config),
-        Request::RemoveSite { site } => remove_site(policy, site),
+        Request::RemoveSite { site } => replace_site(policy, site, None),
         Request::ReloadNginx => reload(policy),
-        Request::IssueCertificate { site, domains } => issue(policy, site, domains),
+        Request::IssueCertificate { site, domains } => issue(policy, state, site, domains),
     }
 }
 
 fn not_in_policy(site: &SiteName) -> Response {
-    Response::error(
-        ErrorCode::NotAllowed,
-        format!("site {site} is not in the policy"),
-    )
+    Response::error(ErrorCode::NotAllowed, format!("site {site} is not in the policy"))
 }
 
 fn internal(what: &str, path: &Path, e: io::Error) -> Response {
-    Response::error(
-        ErrorCode::Internal,
-        format!("{what} {}: {e}", path.display()),
-    )
+    Response::error(ErrorCode::Internal, format!("{what} {}: {e}", path.display()))
 }
 
 /// A failed command's answer: its output's tail, after `note`.
 fn failed(f: Failure, code: ErrorCode, note: &str) -> Response {
-    let code = if f.timed_out {
-        ErrorCode::Timeout
-    } else {
-        code
-    };
-    Response::Error {
-        code,
-        detail: Message::truncated_tail(&format!("{note}{}", f.output)),
-    }
+    let code = if f.timed_out { ErrorCode::Timeout } else { code };
+    Response::Error { code, detail: Message::truncated_tail(&format!("{note}{}", f.output)) }
 }
 
 /// Reads the current conf without following a symlink planted in its place.
 fn read_current(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(OFlag::O_NOFOLLOW.bits())
-        .open(path);
+    let file = OpenOptions::new().read(true).custom_flags(OFlag::O_NOFOLLOW.bits()).open(path);
     match file {
         Ok(f) => {
             let mut buf = Vec::new();
@@ -73,156 +62,148 @@ fn read_current(path: &Path) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// Writes `content` to `target` atomically: exclusive create of a temporary sibling (never
-/// following a link), fsync, rename over the target, fsync the directory.
-fn write_atomic(target: &Path, content: &[u8]) -> io::Result<()> {
-    // `<site>.conf.tmp-<pid>`: not matched by an `include conf.d/*.conf` meanwhile.
-    let tmp = target.with_extension(format!("conf.tmp-{}", std::process::id()));
-    // A leftover from a crash is ours to clean up (the directory is root's alone).
-    let _ = fs::remove_file(&tmp);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-            .open(&tmp)?;
-        f.write_all(content)?;
-        f.sync_all()?;
-        fs::rename(&tmp, target)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(target)
-}
-
-fn sync_dir(target: &Path) -> io::Result<()> {
-    match target.parent() {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
-}
-
-/// Puts back what was there before: the old content, or nothing.
-fn restore(target: &Path, previous: Option<&[u8]>) -> io::Result<()> {
-    match previous {
-        Some(old) => write_atomic(target, old),
+/// Makes `target` hold `content` (or not exist, for `None`) atomically: exclusive create of a
+/// temporary sibling (never following a link), fsync, rename over the target; then fsync the
+/// directory.
+fn put(target: &Path, content: Option<&[u8]>) -> io::Result<()> {
+    match content {
+        Some(content) => {
+            // `<site>.conf.tmp-<pid>`: not matched by an `include conf.d/*.conf` meanwhile.
+            let tmp = target.with_extension(format!("conf.tmp-{}", std::process::id()));
+            // A leftover from a crash is ours to clean up (the directory is root's alone).
+            let _ = fs::remove_file(&tmp);
+            let flags = (OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits();
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true).mode(0o644).custom_flags(flags);
+            let result = options.open(&tmp).and_then(|mut f| {
+                f.write_all(content)?;
+                f.sync_all()?;
+                fs::rename(&tmp, target)
+            });
+            if result.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            result?
+        }
         None => match fs::remove_file(target) {
-            Ok(()) => sync_dir(target),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         },
     }
+    File::open(target.parent().unwrap_or(Path::new("/")))?.sync_all()
 }
 
-/// Runs nginx -t; on failure restores `previous` and answers with nginx's message.
-fn test_or_restore(
-    policy: &Policy,
-    target: &Path,
-    previous: Option<&[u8]>,
-) -> Result<(), Response> {
-    let Err(f) = command::run(&policy.test, &[]) else {
-        return Ok(());
-    };
-    match restore(target, previous) {
-        Ok(()) => Err(failed(
-            f,
-            ErrorCode::NginxTestFailed,
-            "the previous state was restored\n",
-        )),
-        Err(e) => {
-            let note = format!("RESTORING THE PREVIOUS STATE FAILED: {e}\n");
-            Err(failed(f, ErrorCode::NginxTestFailed, &note))
-        }
-    }
-}
-
-fn write_site(policy: &Policy, site: &SiteName, config: &SiteConfig) -> Response {
+/// WriteSite (`Some`) and RemoveSite (`None`): put the new state in place, then `nginx -t`,
+/// and on failure put the previous state back.
+fn replace_site(policy: &Policy, site: &SiteName, new: Option<&[u8]>) -> Response {
     if !policy.sites.contains_key(site) {
         return not_in_policy(site);
     }
-    if let Err(why) = checker::check(policy, site, config.as_str()) {
-        return Response::error(ErrorCode::ConfRefused, why);
-    }
     let target = policy.conf_path(site);
+    let shown = target.display();
     let previous = match read_current(&target) {
         Ok(p) => p,
         Err(e) => return internal("cannot read", &target, e),
     };
-    if previous.as_deref() == Some(config.as_str().as_bytes()) {
-        return Response::done(
-            Outcome::SiteUnchanged,
-            format!("{} already has this content", target.display()),
-        );
+    if previous.as_deref() == new {
+        let (outcome, what) = match new {
+            Some(_) => (Outcome::SiteUnchanged, "already has this content"),
+            None => (Outcome::SiteAbsent, "does not exist"),
+        };
+        return Response::done(outcome, format!("{shown} {what}"));
     }
-    if let Err(e) = write_atomic(&target, config.as_str().as_bytes()) {
-        return internal("cannot write", &target, e);
+    if let Err(e) = put(&target, new) {
+        return internal("cannot change", &target, e);
     }
-    match test_or_restore(policy, &target, previous.as_deref()) {
-        Ok(()) => Response::done(Outcome::SiteWritten, format!("wrote {}", target.display())),
-        Err(response) => response,
+    if let Err(f) = command::run(&policy.test, &[]) {
+        let note = match put(&target, previous.as_deref()) {
+            Ok(()) => "the previous state was restored\n".to_string(),
+            Err(e) => format!("RESTORING THE PREVIOUS STATE FAILED: {e}\n"),
+        };
+        return failed(f, ErrorCode::NginxTestFailed, &note);
     }
-}
-
-fn remove_site(policy: &Policy, site: &SiteName) -> Response {
-    if !policy.sites.contains_key(site) {
-        return not_in_policy(site);
-    }
-    let target = policy.conf_path(site);
-    let previous = match read_current(&target) {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            return Response::done(
-                Outcome::SiteAbsent,
-                format!("{} does not exist", target.display()),
-            );
-        }
-        Err(e) => return internal("cannot read", &target, e),
-    };
-    if let Err(e) = fs::remove_file(&target).and_then(|()| sync_dir(&target)) {
-        return internal("cannot remove", &target, e);
-    }
-    match test_or_restore(policy, &target, Some(&previous)) {
-        Ok(()) => Response::done(
-            Outcome::SiteRemoved,
-            format!("removed {}", target.display()),
-        ),
-        Err(response) => response,
+    match new {
+        Some(_) => Response::done(Outcome::SiteWritten, format!("wrote {shown}")),
+        None => Response::done(Outcome::SiteRemoved, format!("removed {shown}")),
     }
 }
 
+fn write_site(policy: &Policy, site: &SiteName, config: &SiteConfig) -> Response {
+    // Only the checker's rendering is written: never a byte of the client's text.
+    match checker::check(policy, site, config.as_str()) {
+        Ok(written) => replace_site(policy, site, Some(written.as_bytes())),
+        Err(_) if !policy.sites.contains_key(site) => not_in_policy(site),
+        Err(why) => Response::error(ErrorCode::ConfRefused, why),
+    }
+}
+
+/// `nginx -t`, the reload command, then proof that nginx applied it: a master that cannot apply
+/// a configuration (a port it cannot bind, say) keeps its old workers and says so only in its
+/// error log, so a reload is done only once the master has started a new child.
 fn reload(policy: &Policy) -> Response {
     if let Err(f) = command::run(&policy.test, &[]) {
         return failed(f, ErrorCode::NginxTestFailed, "not reloading: ");
     }
-    match command::run(&policy.reload, &[]) {
-        Ok(out) => Response::done(Outcome::Reloaded, out),
-        Err(f) => failed(f, ErrorCode::CommandFailed, ""),
+    let master = match fs::read_to_string(&policy.nginx_pid_file) {
+        Ok(pid) => pid.trim().to_string(),
+        Err(e) => return internal("cannot read", &policy.nginx_pid_file, e),
+    };
+    let children_file = format!("/proc/{master}/task/{master}/children");
+    let children = || -> BTreeSet<String> {
+        let text = fs::read_to_string(&children_file).unwrap_or_default();
+        text.split_whitespace().map(String::from).collect()
+    };
+    let before = children();
+    let out = match command::run(&policy.reload, &[]) {
+        Ok(out) => out,
+        Err(f) => return failed(f, ErrorCode::CommandFailed, ""),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !children().is_subset(&before) {
+            return Response::done(Outcome::Reloaded, out);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
+    Response::error(
+        ErrorCode::CommandFailed,
+        format!(
+            "nginx (master pid {master}) did not apply the new configuration: no new worker \
+             within 10 s of the reload; it keeps serving the previous one. Its error log says why \
+             (often a port it cannot bind).\n{out}"
+        ),
+    )
 }
 
-fn issue(policy: &Policy, site: &SiteName, domains: &Domains) -> Response {
+fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains) -> Response {
     let Some(allowed) = policy.sites.get(site) else {
         return not_in_policy(site);
     };
-    if let Some(d) = domains.as_slice().iter().find(|d| !allowed.contains(*d)) {
+    if let Some(d) = domains.as_slice().iter().find(|d| !allowed.domains.contains(*d)) {
         return Response::error(
             ErrorCode::NotAllowed,
             format!("domain {d} is not one of site {site}'s policy domains"),
         );
     }
     let cert = policy.certbot.live_dir.join(site.as_str()).join("cert.pem");
-    let names = valid_certificate_names(policy, &cert);
-    if domains
-        .as_slice()
-        .iter()
-        .all(|d| names.iter().any(|n| n == d.as_str()))
-    {
-        let detail = format!("{} covers these domains", cert.display());
+    // Exactly these names: a certificate for more or fewer would be replaced by certbot, so
+    // alternating two sets must not pass for "still valid" either (rate limits are below).
+    let names: BTreeSet<String> = valid_certificate_names(policy, &cert).into_iter().collect();
+    let wanted: BTreeSet<String> = domains.as_slice().iter().map(|d| d.to_string()).collect();
+    if names == wanted {
+        let detail = format!("{} has exactly these domains", cert.display());
         return Response::done(Outcome::CertificateStillValid, detail);
     }
+    let runs = state.certbot_runs.entry(site.clone()).or_default();
+    runs.retain(|t| t.elapsed() < Duration::from_secs(3600));
+    if runs.len() >= policy.certbot.max_runs_per_hour as usize {
+        let max = policy.certbot.max_runs_per_hour;
+        let why = format!(
+            "certbot already ran {max} times for site {site} in the last hour (certbot.max_runs_per_hour); try later"
+        );
+        return Response::error(ErrorCode::NotAllowed, why);
+    }
+    runs.push(Instant::now());
     let mut extra = vec!["--cert-name".to_string(), site.to_string()];
     for d in domains.as_slice() {
         extra.push("-d".into());
@@ -245,25 +226,13 @@ fn valid_certificate_names(policy: &Policy, cert: &Path) -> Vec<String> {
         return Vec::new();
     }
     let window = policy.certbot.renew_before.as_secs().to_string();
-    let argv = [
-        &*policy.certbot.openssl.to_string_lossy(),
-        "x509",
-        "-noout",
-        "-checkend",
-        &window,
-    ];
+    let argv = [&*policy.certbot.openssl.to_string_lossy(), "x509", "-noout", "-checkend", &window];
     let openssl = crate::policy::Command {
-        argv: argv
-            .into_iter()
-            .chain(["-ext", "subjectAltName", "-in"])
-            .map(String::from)
-            .collect(),
+        argv: argv.into_iter().chain(["-ext", "subjectAltName", "-in"]).map(String::from).collect(),
         env: Default::default(),
         timeout: Duration::from_secs(30),
     };
     let out = command::run(&openssl, &[cert.display().to_string()]).unwrap_or_default();
-    let names = out
-        .split([',', '\n'])
-        .filter_map(|part| part.trim().strip_prefix("DNS:"));
+    let names = out.split([',', '\n']).filter_map(|part| part.trim().strip_prefix("DNS:"));
     names.map(str::to_string).collect()
 }

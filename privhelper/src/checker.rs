@@ -1,71 +1,94 @@
-//! The site-conf checker: every directive must be on the allow-list below, every path must stay
-//! inside what the policy allows, and every server_name must be one of the site's domains.
+//! Where a site conf is checked, and turned into the only text the helper writes.
 //!
-//! Top level: only `server` blocks. Inside them, the directives in [`ALLOWED`]; blocks only for
-//! `location` and `if`. Anything not listed is refused, which covers `load_module`, `user`,
-//! `*_by_lua*`, `perl*`, `js_*`, `*_temp_path`, `proxy_cache_path`, `auth_basic_user_file`,
-//! `ssl_password_file` and everything else that reads or writes files as root or runs code.
+//! The client's text is parsed into a tree; every directive must be on the allow-list below and
+//! every argument must have the form its directive allows (paths inside the policy's places,
+//! `listen` one of the policy's forms, `proxy_pass` a loopback port of the site, no
+//! client-controlled variable where a file, URL or upstream is named). The written file is
+//! [`nginx_syntax::render`] of the checked tree, with `disable_symlinks if_not_owner;` added to
+//! every server: nginx never reads a byte the client wrote, so a tokenizer disagreement between
+//! this parser and nginx cannot hide anything.
 
 use std::path::{Component, Path};
 
 use protocol::SiteName;
-use protocol::nginx_syntax::{self, Directive};
+use protocol::nginx_syntax::{self, Directive, variables};
 
 use crate::policy::Policy;
 
 /// The allow-list. `server` (top level only), `location` and `if` are the only blocks.
 /// Arguments are checked for the directives in [`Ctx::args`]; the rest have no file-system or
-/// socket meaning.
+/// socket meaning. Names are compared as nginx does: exactly.
 const ALLOWED: &str = "\
     listen server_name location if root alias index try_files return rewrite set break \
     internal allow deny autoindex default_type charset expires etag error_page add_header \
     absolute_redirect port_in_redirect server_tokens client_max_body_size keepalive_timeout \
     sendfile tcp_nopush http2 proxy_pass proxy_set_header proxy_http_version \
     proxy_read_timeout proxy_connect_timeout proxy_send_timeout proxy_redirect proxy_buffering \
-    proxy_request_buffering proxy_hide_header proxy_cache_bypass gzip gzip_types \
-    gzip_min_length gzip_comp_level gzip_vary gzip_proxied gzip_disable gzip_http_version \
-    gzip_buffers ssl_certificate ssl_certificate_key ssl_protocols ssl_ciphers \
-    ssl_prefer_server_ciphers ssl_session_timeout ssl_session_tickets include access_log \
-    error_log";
+    proxy_request_buffering proxy_hide_header gzip gzip_types gzip_min_length gzip_comp_level \
+    gzip_vary gzip_proxied gzip_disable gzip_http_version gzip_buffers ssl_certificate \
+    ssl_certificate_key ssl_protocols ssl_ciphers ssl_prefer_server_ciphers \
+    ssl_session_timeout ssl_session_tickets include access_log error_log";
+
+/// Variables allowed where a file is named relative to the root (`try_files`, `index`,
+/// `error_page`, `rewrite`, `if -f`): nginx normalises `$uri` (no `..`, no `//`), and the others
+/// derive from it and the fixed root. `$1`..`$9` only while no `if` matches a regex against
+/// anything else (see [`nginx_syntax::captures_come_from_uri`]). `$args`, `$arg_*`, `$http_*`, `$cookie_*`,
+/// `$request_uri` (raw) and variables made with `set` are client-controlled: refused there.
+const FILE_VARS: &[&str] = &["uri", "document_uri", "document_root", "request_filename"];
+/// Also allowed in a redirect's URL (`return 3xx`): they choose where the client goes, not what
+/// nginx reads.
+const REDIRECT_VARS: &[&str] =
+    &["scheme", "host", "server_name", "server_port", "request_uri", "is_args", "args"];
+
+/// What [`check`] injects into every server block.
+const INJECTED: [&str; 2] = ["disable_symlinks", "if_not_owner"];
 
 /// The names on the allow-list, for documentation and `check`.
 pub fn allowed_directives() -> impl Iterator<Item = &'static str> {
     std::iter::once("server").chain(ALLOWED.split_whitespace())
 }
 
-/// Checks `text` as the conf of `site`. The error says which line and why.
-pub fn check(policy: &Policy, site: &SiteName, text: &str) -> Result<(), String> {
-    let directives = nginx_syntax::parse(text).map_err(|e| format!("syntax: {e}"))?;
-    let Some(domains) = policy.sites.get(site) else {
+/// Checks `text` as the conf of `site`; returns the conf to write, or which line and why not.
+pub fn check(policy: &Policy, site: &SiteName, text: &str) -> Result<String, String> {
+    let mut directives = nginx_syntax::parse(text).map_err(|e| format!("syntax: {e}"))?;
+    let Some(s) = policy.sites.get(site) else {
         return Err(format!("site {site} is not in the policy"));
     };
     if directives.is_empty() {
         return Err("no server block".into());
     }
-    let ctx = Ctx {
-        policy,
-        site,
-        domains: domains.iter().map(|d| d.as_str()).collect(),
-    };
-    for d in &directives {
+    for d in &mut directives {
         if d.name != "server" {
             return Err(refuse(d, "only server blocks are allowed at the top level"));
         }
-        let Some(block) = &d.block else {
-            return Err(refuse(d, "server must be a block"));
-        };
         if !d.args.is_empty() {
             return Err(refuse(d, "server takes no arguments"));
         }
+        let Some(block) = &mut d.block else {
+            return Err(refuse(d, "server must be a block"));
+        };
         if !block.iter().any(|d| d.name == "server_name") {
             return Err(refuse(
                 d,
                 "every server block needs a server_name (a nameless server would catch other hosts)",
             ));
         }
-        ctx.block(block, true)?;
+        let ctx = Ctx {
+            policy,
+            site,
+            domains: s.domains.iter().map(|d| d.as_str()).collect(),
+            proxy_ports: &s.proxy_ports,
+            clean_captures: nginx_syntax::captures_come_from_uri(block),
+        };
+        ctx.block(block, None)?;
+        let [name, arg] = INJECTED.map(String::from);
+        let line = d.line;
+        let injected = Directive { name, args: vec![arg], block: None, line };
+        block.insert(0, injected);
     }
-    Ok(())
+    let header =
+        format!("# written by durhack-privhelper for site {site}; edits are overwritten\n");
+    Ok(header + &nginx_syntax::render(&directives))
 }
 
 fn refuse(d: &Directive, why: &str) -> String {
@@ -76,77 +99,127 @@ struct Ctx<'a> {
     policy: &'a Policy,
     site: &'a SiteName,
     domains: Vec<&'a str>,
+    proxy_ports: &'a [u16],
+    clean_captures: bool,
 }
 
 impl Ctx<'_> {
-    fn block(&self, directives: &[Directive], in_server: bool) -> Result<(), String> {
+    /// `location` is the innermost enclosing location block, if any.
+    fn block(&self, directives: &[Directive], location: Option<&Directive>) -> Result<(), String> {
         for d in directives {
             if !ALLOWED.split_whitespace().any(|n| n == d.name) {
                 return Err(refuse(d, "directive not allowed"));
             }
             let is_block = matches!(d.name.as_str(), "location" | "if");
             match (&d.block, is_block) {
-                (Some(block), true) => self.block(block, false)?,
+                (Some(block), true) if d.name == "location" => self.block(block, Some(d))?,
+                (Some(block), true) => self.block(block, location)?,
                 (None, false) => {}
                 (Some(_), false) => return Err(refuse(d, "may not have a block")),
                 (None, true) => return Err(refuse(d, "needs a block")),
             }
-            if matches!(d.name.as_str(), "listen" | "server_name") && !in_server {
+            if matches!(d.name.as_str(), "listen" | "server_name") && location.is_some() {
                 return Err(refuse(d, "allowed only directly in server"));
             }
             // try_files, index, error_page... name files relative to root: no climbing out.
             if d.args.iter().any(|a| a.split('/').any(|c| c == "..")) {
                 return Err(refuse(d, "\"..\" is not allowed in any argument"));
             }
-            self.args(d)?;
+            self.args(d, location)?;
         }
         Ok(())
     }
 
-    fn args(&self, d: &Directive) -> Result<(), String> {
+    fn args(&self, d: &Directive, location: Option<&Directive>) -> Result<(), String> {
         let first = d.args.first().map(String::as_str).unwrap_or("");
+        let last = d.args.last().map(String::as_str).unwrap_or("");
         let p = self.policy;
         match d.name.as_str() {
-            "root" | "alias" => {
-                let roots: Vec<&Path> = p.allowed_roots.iter().map(|p| p.as_path()).collect();
-                self.path_under(d, first, &roots)
-            }
+            "root" => self.path_under(d, first, &p.allowed_roots),
+            "alias" => match location {
+                Some(loc) if nginx_syntax::alias_fits(&loc.args, first) => {
+                    self.path_under(d, first, &p.allowed_roots)
+                }
+                _ => Err(refuse(
+                    d,
+                    "only in a location; in a prefix location, both must end with \"/\"",
+                )),
+            },
             "include" => self.path_under(d, first, &[&p.snippets_dir]),
             "ssl_certificate" | "ssl_certificate_key" => {
                 self.path_under(d, first, &[&p.certbot.live_dir.join(self.site.as_str())])
             }
             "access_log" if first == "off" => Ok(()),
             "access_log" | "error_log" => self.path_under(d, first, &[&p.log_dir]),
-            // nginx would create the socket file as root, anywhere.
-            "listen" if first.starts_with("unix:") => {
-                Err(refuse(d, "unix sockets are not allowed"))
-            }
-            "listen"
-                if d.args
-                    .iter()
-                    .any(|a| a == "default_server" || a == "default") =>
-            {
-                Err(refuse(
-                    d,
-                    "default_server would capture other sites' traffic",
-                ))
-            }
-            // A unix-socket upstream would expose a local socket (docker's, say) to the web.
-            "proxy_pass" if first.contains("unix:") => {
-                Err(refuse(d, "unix upstreams are not allowed"))
-            }
+            "listen" if p.listen.contains(&d.args.join(" ")) => Ok(()),
+            "listen" => Err(refuse(d, &format!("allowed forms: {}", p.listen.join(", ")))),
+            "proxy_pass" => self.upstream(d, first),
+            "proxy_redirect" if matches!(first, "off" | "default") => Ok(()),
+            "proxy_redirect" => Err(refuse(d, "only \"off\" or \"default\"")),
             "server_name" if d.args.is_empty() => Err(refuse(d, "needs at least one name")),
             "server_name" => match d.args.iter().find(|a| !self.domains.contains(&a.as_str())) {
                 Some(other) => {
-                    let why = format!(
-                        "{other:?} is not one of site {}'s policy domains",
-                        self.site
-                    );
+                    let why =
+                        format!("{other:?} is not one of site {}'s policy domains", self.site);
                     Err(refuse(d, &why))
                 }
                 None => Ok(()),
             },
+            "try_files" | "index" | "error_page" => self.vars(d, &d.args, &[]),
+            "rewrite" => self.vars(d, &d.args[1.min(d.args.len())..], &[]),
+            "return" if d.args.len() == 1 || first.starts_with('3') => {
+                self.vars(d, &[last.to_string()], REDIRECT_VARS)
+            }
+            "set" if first.strip_prefix('$').is_some_and(|v| FILE_VARS.contains(&v)) => {
+                Err(refuse(d, "may not change a variable paths are built from"))
+            }
+            "if" => self.condition(d),
             _ => Ok(()),
+        }
+    }
+
+    /// Every variable in `args` is one of [`FILE_VARS`], `extra`, or a clean capture.
+    fn vars(&self, d: &Directive, args: &[String], extra: &[&str]) -> Result<(), String> {
+        for arg in args {
+            for var in variables(arg) {
+                let capture = var.len() == 1 && var.as_bytes()[0].is_ascii_digit();
+                let allowed = FILE_VARS.contains(&var)
+                    || extra.contains(&var)
+                    || (capture && self.clean_captures);
+                if !allowed {
+                    let why = format!(
+                        "${var} is not allowed here: it may carry raw client input into a path or URL"
+                    );
+                    return Err(refuse(d, &why));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `if (-f $x)` and friends name files: the same variables as `try_files`.
+    fn condition(&self, d: &Directive) -> Result<(), String> {
+        let file_test = d.args.iter().any(|a| {
+            let op = a.trim_start_matches('(').trim_start_matches('!');
+            matches!(op, "-f" | "-d" | "-e" | "-x")
+        });
+        match file_test {
+            true => self.vars(d, &d.args, &[]),
+            false => Ok(()),
+        }
+    }
+
+    /// `proxy_pass http://<loopback>:<port>[/path]`, the port one of the site's `proxy_ports`.
+    fn upstream(&self, d: &Directive, url: &str) -> Result<(), String> {
+        match nginx_syntax::loopback_port(url) {
+            Some(port) if self.proxy_ports.contains(&port) => Ok(()),
+            _ => Err(refuse(
+                d,
+                &format!(
+                    "only http://127.0.0.1:PORT, [::1]:PORT or localhost:PORT (a path without variables may follow), PORT one of {:?}",
+                    self.proxy_ports
+                ),
+            )),
         }
     }
 
@@ -165,9 +238,7 @@ impl Ctx<'_> {
         if !path.is_absolute() {
             return Err(refuse(d, "path must be absolute"));
         }
-        if path
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir))
             || arg.contains("..")
         {
             return Err(refuse(d, "path must not contain .. or ."));
@@ -177,10 +248,7 @@ impl Ctx<'_> {
         if roots.iter().any(inside) {
             return Ok(());
         }
-        let shown: Vec<String> = roots
-            .iter()
-            .map(|r| r.as_ref().display().to_string())
-            .collect();
+        let shown: Vec<String> = roots.iter().map(|r| r.as_ref().display().to_string()).collect();
         Err(refuse(d, &format!("{arg} is outside {}", shown.join(", "))))
     }
 }
@@ -218,14 +286,118 @@ mod tests {
             "# just a comment with load_module in it",
         ] {
             let text = server(body);
-            assert_eq!(check(&p, &site(), &text), Ok(()), "{text}");
+            let written = check(&p, &site(), &text);
+            assert!(written.is_ok(), "{text}\n{written:?}");
         }
         let two = format!(
             "{}{}",
             server(""),
             server("").replace("durhack.com", "www.durhack.com durhack.com")
         );
-        assert_eq!(check(&p, &site(), &two), Ok(()));
+        assert!(check(&p, &site(), &two).is_ok());
+    }
+
+    #[test]
+    fn writes_the_canonical_rendering_never_the_client_text() {
+        let p = policy();
+        let text = "server { # a comment\n listen 80 ; server_name 'durhack.com';\n\n root /srv/durhack;\n location / { add_header X \"a\\\"b${x}\"; } }\n";
+        let written = check(&p, &site(), text).unwrap();
+        assert_eq!(
+            written,
+            "# written by durhack-privhelper for site durhack; edits are overwritten\n\
+             server {\n    disable_symlinks \"if_not_owner\";\n    listen \"80\";\n    server_name \"durhack.com\";\n    \
+             root \"/srv/durhack\";\n    location \"/\" {\n        add_header \"X\" \"a\\\"b${x}\";\n    }\n}\n"
+        );
+        // Checking what it wrote gives the same text: the rendering is a fixed point.
+        let again = check(
+            &p,
+            &site(),
+            &written.replacen("    disable_symlinks \"if_not_owner\";\n", "", 1),
+        );
+        assert_eq!(again.as_deref(), Ok(written.as_str()));
+    }
+
+    #[test]
+    fn allow_list_by_meaning_accepts_safe_forms() {
+        let p = policy();
+        for body in [
+            "location /img/ { alias /srv/durhack/img/; }",
+            "location = /favicon.ico { alias /srv/durhack/f.ico; }",
+            "location ~ ^/x/(.*)$ { try_files /$1 =404; }",
+            "rewrite ^/old/(.*)$ /new/$1 permanent;",
+            "return 301 https://$host$request_uri;",
+            "return 200 \"$arg_x is echoed, not a path\";",
+            "proxy_pass http://127.0.0.1:3000/api/;",
+            "proxy_pass http://[::1]:3000;",
+            "proxy_pass http://localhost:3000;",
+            "proxy_redirect off;",
+            "if ($http_user_agent ~* bot) { return 403; }",
+            "if (-f $request_filename) { break; }",
+            "listen [::]:443 ssl;",
+            "proxy_set_header X-Q $args;",
+        ] {
+            let text = server(body);
+            let written = check(&p, &site(), &text);
+            assert!(written.is_ok(), "{text}\n{written:?}");
+        }
+    }
+
+    #[test]
+    fn allow_list_by_meaning_refuses_the_reviewed_attacks() {
+        let p = policy();
+        for body in [
+            // nginx compares schemes case-insensitively: UNIX: is unix:.
+            "listen UNIX:/tmp/victim;",
+            "listen unix:/tmp/victim;",
+            "listen 127.0.0.1:8080;",
+            "listen 80 default_server;",
+            "listen 80 reuseport;",
+            "listen 80 default;",
+            "proxy_pass http://UNIX:/run/x.sock:/;",
+            "proxy_pass http://unix:/run/x.sock:/;",
+            "proxy_pass http://$arg_u;",
+            "proxy_pass HTTP://127.0.0.1:3000;",
+            "proxy_pass https://127.0.0.1:3000;",
+            "proxy_pass http://127.0.0.1:3001;",
+            "proxy_pass http://10.0.0.1:3000;",
+            "proxy_pass http://127.0.0.1:3000/$1;",
+            "proxy_pass http://127.0.0.1:3000@evil;",
+            "proxy_redirect http://x/ http://$arg_y/;",
+            // Client-controlled variables where a file is named.
+            "try_files /$arg_p =404;",
+            "location / { try_files $uri /$http_x =404; }",
+            "rewrite ^ /$arg_p break;",
+            "rewrite ^ /${arg_p} break;",
+            "try_files $request_uri =404;",
+            "set $x $arg_p; try_files $x =404;",
+            "if ($args ~ (.*)) { set $y 1; } try_files /$1 =404;",
+            "index $cookie_x;",
+            "error_page 404 /$http_x;",
+            "if (-f /srv/durhack/$arg_x) { return 200; }",
+            "return 301 $arg_to;",
+            "set $uri /x;",
+            // alias off by a slash, and alias outside a location.
+            "location /img { alias /srv/durhack/; }",
+            "location /img/ { alias /srv/durhack; }",
+            "alias /srv/durhack/;",
+            "location @x { alias /srv/durhack/; }",
+            // Symlink following is the helper's to set.
+            "disable_symlinks off;",
+            "location / { disable_symlinks off; }",
+            "proxy_cache_bypass $http_x;",
+        ] {
+            let text = server(body);
+            assert!(check(&p, &site(), &text).is_err(), "should be refused:\n{text}");
+        }
+        // The tokenizer split of the review: whatever nginx makes of it, the checker must not
+        // accept a top-level directive, and a control character never reaches a file.
+        for text in [
+            "location /a${{# { } } log_format evil $arg_x; server { listen 80; server_name durhack.com; }",
+            "server { listen 80; server_name durhack.com; location /a${{# { } } log_format evil x; }",
+            "server { listen 80; server_name durhack.com; add_header X \"a\\nb\"; }",
+        ] {
+            assert!(check(&p, &site(), text).is_err(), "should be refused:\n{text}");
+        }
     }
 
     #[test]
@@ -288,10 +460,7 @@ mod tests {
         ];
         for body in refused_in_server {
             let text = server(body);
-            assert!(
-                check(&p, &site(), &text).is_err(),
-                "should be refused:\n{text}"
-            );
+            assert!(check(&p, &site(), &text).is_err(), "should be refused:\n{text}");
         }
         for text in [
             "",
@@ -308,10 +477,7 @@ mod tests {
             "server { server_name \"durhack.com; }",
             "include /etc/nginx/snippets/x.conf;",
         ] {
-            assert!(
-                check(&p, &site(), text).is_err(),
-                "should be refused:\n{text}"
-            );
+            assert!(check(&p, &site(), text).is_err(), "should be refused:\n{text}");
         }
         // A site outside the policy is refused whatever its conf.
         let unknown = SiteName::try_from("unknown").unwrap();

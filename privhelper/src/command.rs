@@ -2,6 +2,7 @@
 //! output captured up to a bound.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Command as Process, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -20,10 +21,7 @@ pub struct Failure {
 }
 
 fn failure(output: String) -> Failure {
-    Failure {
-        timed_out: false,
-        output,
-    }
+    Failure { timed_out: false, output }
 }
 
 /// Runs `cmd` with `extra` arguments appended.
@@ -48,7 +46,9 @@ pub fn run(cmd: &Command, extra: &[String]) -> Result<String, Failure> {
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(writer)
-        .stderr(writer2);
+        .stderr(writer2)
+        // Its own process group, so a timeout kills what it started too.
+        .process_group(0);
     let child = process.spawn();
     // Our copies of the write end must go before we read, or EOF never comes.
     drop(process);
@@ -81,7 +81,8 @@ pub fn run(cmd: &Command, extra: &[String]) -> Result<String, Failure> {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
             Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
+                let group = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                 let _ = child.wait();
                 break None;
             }
@@ -123,10 +124,7 @@ mod tests {
             Ok(out) => assert_eq!(out.trim(), "ONLY=this"),
             other => panic!("{other:?}"),
         }
-        match run(
-            &cmd(&["/usr/bin/head", "-c", "1000000", "/dev/zero"], 10),
-            &[],
-        ) {
+        match run(&cmd(&["/usr/bin/head", "-c", "1000000", "/dev/zero"], 10), &[]) {
             Ok(out) => assert_eq!(out.len(), MAX_OUTPUT),
             other => panic!("{other:?}"),
         }
@@ -135,26 +133,24 @@ mod tests {
     #[test]
     fn failures_timeouts_and_missing_programs() {
         // Arguments are passed as they are, never through a shell.
-        match run(
-            &cmd(&["/usr/bin/ls", "--"], 10),
-            &["/nonexistent; touch /tmp/x".into()],
-        ) {
+        match run(&cmd(&["/usr/bin/ls", "--"], 10), &["/nonexistent; touch /tmp/x".into()]) {
             Err(f) => assert!(f.output.contains("/nonexistent; touch /tmp/x") && !f.timed_out),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
             run(&cmd(&["/usr/bin/sleep", "30"], 1), &[]),
-            Err(Failure {
-                timed_out: true,
-                ..
-            })
+            Err(Failure { timed_out: true, .. })
         ));
+        // A timeout kills the whole process group, not only the direct child.
+        let marker = format!("/tmp/privhelper-pgroup-{}", std::process::id());
+        let script = format!("/usr/bin/sleep 3 && /usr/bin/touch {marker} & /usr/bin/sleep 30");
+        let timed_out = run(&cmd(&["/bin/sh", "-c", &script], 1), &[]);
+        assert!(matches!(timed_out, Err(Failure { timed_out: true, .. })));
+        std::thread::sleep(Duration::from_secs(4));
+        assert!(!std::path::Path::new(&marker).exists(), "a grandchild outlived the timeout");
         assert!(matches!(
             run(&cmd(&["/nonexistent/program"], 1), &[]),
-            Err(Failure {
-                timed_out: false,
-                ..
-            })
+            Err(Failure { timed_out: false, .. })
         ));
     }
 }

@@ -27,6 +27,8 @@ struct RawPolicy {
     log_dir: PathBuf,
     command_timeout_secs: Option<u64>,
     read_timeout_secs: Option<u64>,
+    listen: Option<Vec<String>>,
+    nginx_pid_file: Option<PathBuf>,
     #[serde(default)]
     command_env: Env,
     certbot: RawCertbot,
@@ -44,12 +46,15 @@ struct RawCertbot {
     openssl: Option<PathBuf>,
     renew_before_days: Option<u64>,
     timeout_secs: Option<u64>,
+    max_runs_per_hour: Option<u32>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSite {
     domains: Vec<String>,
+    #[serde(default)]
+    proxy_ports: Vec<u16>,
 }
 
 /// A command with a fixed argv and its environment (the helper's own is never inherited).
@@ -66,6 +71,15 @@ pub struct Certbot {
     pub live_dir: PathBuf,
     pub openssl: PathBuf,
     pub renew_before: Duration,
+    pub max_runs_per_hour: u32,
+}
+
+/// What a site may serve: its domains (each belongs to one site) and the loopback ports its
+/// `proxy_pass` may reach.
+#[derive(Debug)]
+pub struct Site {
+    pub domains: BTreeSet<Domain>,
+    pub proxy_ports: Vec<u16>,
 }
 
 #[derive(Debug)]
@@ -81,48 +95,41 @@ pub struct Policy {
     pub allowed_roots: Vec<PathBuf>,
     pub log_dir: PathBuf,
     pub read_timeout: Duration,
+    /// The `listen` argument lists a site may use, each joined by one space.
+    pub listen: Vec<String>,
+    pub nginx_pid_file: PathBuf,
     pub certbot: Certbot,
-    pub sites: BTreeMap<SiteName, BTreeSet<Domain>>,
+    pub sites: BTreeMap<SiteName, Site>,
+}
+
+/// A value read from the policy, refused above `max` (a typo such as an extra digit would
+/// otherwise overflow a deadline, or wait for ever).
+fn bounded(what: &str, value: Option<u64>, default: u64, max: u64) -> Result<u64, String> {
+    match value.unwrap_or(default) {
+        0 => Err(format!("{what} must be at least 1")),
+        v if v > max => Err(format!("{what} = {v} is over the maximum {max}")),
+        v => Ok(v),
+    }
 }
 
 /// An absolute path with no `.` or `..` component, so prefix checks on it mean what they say.
 fn clean_abs(what: &str, p: &Path) -> Result<PathBuf, String> {
-    let dotted = p
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir));
+    let dotted = p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir));
     if !p.is_absolute() || dotted {
-        return Err(format!(
-            "{what} {} must be absolute, without . or ..",
-            p.display()
-        ));
+        return Err(format!("{what} {} must be absolute, without . or ..", p.display()));
     }
     Ok(p.components().collect())
 }
 
 fn command(what: &str, argv: Vec<String>, env: Env, secs: u64) -> Result<Command, String> {
-    if !argv
-        .first()
-        .is_some_and(|prog| Path::new(prog).is_absolute())
-    {
-        return Err(format!(
-            "{what} must be an argv starting with an absolute program path"
-        ));
+    if !argv.first().is_some_and(|prog| Path::new(prog).is_absolute()) {
+        return Err(format!("{what} must be an argv starting with an absolute program path"));
     }
-    let nul = argv
-        .iter()
-        .chain(env.keys())
-        .chain(env.values())
-        .any(|a| a.contains('\0'));
-    if nul || env.keys().any(|k| k.contains('=')) || secs == 0 {
-        return Err(format!(
-            "{what}: NUL in an argument, '=' in an env name, or a 0 s timeout"
-        ));
+    let nul = argv.iter().chain(env.keys()).chain(env.values()).any(|a| a.contains('\0'));
+    if nul || env.keys().any(|k| k.contains('=')) {
+        return Err(format!("{what}: NUL in an argument or '=' in an env name"));
     }
-    Ok(Command {
-        argv,
-        env,
-        timeout: Duration::from_secs(secs),
-    })
+    Ok(Command { argv, env, timeout: Duration::from_secs(secs) })
 }
 
 impl Policy {
@@ -147,7 +154,8 @@ impl Policy {
                 }
                 domains.insert(d);
             }
-            sites.insert(name, domains);
+            let proxy_ports = site.proxy_ports;
+            sites.insert(name, Site { domains, proxy_ports });
         }
         let allowed_roots: Vec<PathBuf> = raw
             .allowed_roots
@@ -157,7 +165,14 @@ impl Policy {
         if allowed_roots.iter().any(|r| r == Path::new("/")) {
             return Err("allowed_roots must not contain /".into());
         }
-        let timeout = raw.command_timeout_secs.unwrap_or(60);
+        let timeout = bounded("command_timeout_secs", raw.command_timeout_secs, 60, 3600)?;
+        let listen = raw.listen.unwrap_or_else(|| {
+            ["80", "[::]:80", "443 ssl", "[::]:443 ssl"].map(String::from).into()
+        });
+        if listen.iter().any(|l| l.to_ascii_lowercase().contains("unix:") || l.contains("default"))
+        {
+            return Err("listen forms may not name unix sockets or default servers".into());
+        }
         let mut certbot_env = raw.command_env.clone();
         let c = raw.certbot;
         certbot_env.extend(c.env);
@@ -169,34 +184,40 @@ impl Policy {
             client_gid: user.gid.as_raw(),
             socket: clean_abs("socket", &raw.socket)?,
             conf_dir: clean_abs("conf_dir", &raw.conf_dir)?,
-            test: command(
-                "test_command",
-                raw.test_command,
-                raw.command_env.clone(),
-                timeout,
-            )?,
-            reload: command(
-                "reload_command",
-                raw.reload_command,
-                raw.command_env,
-                timeout,
-            )?,
+            test: command("test_command", raw.test_command, raw.command_env.clone(), timeout)?,
+            reload: command("reload_command", raw.reload_command, raw.command_env, timeout)?,
             snippets_dir: clean_abs("snippets_dir", &raw.snippets_dir)?,
             allowed_roots,
             log_dir: clean_abs("log_dir", &raw.log_dir)?,
-            read_timeout: Duration::from_secs(raw.read_timeout_secs.unwrap_or(5).max(1)),
+            read_timeout: Duration::from_secs(bounded(
+                "read_timeout_secs",
+                raw.read_timeout_secs,
+                5,
+                60,
+            )?),
+            listen,
+            nginx_pid_file: clean_abs(
+                "nginx_pid_file",
+                &raw.nginx_pid_file.unwrap_or_else(|| "/run/nginx.pid".into()),
+            )?,
             certbot: Certbot {
                 command: command(
                     "certbot.argv",
                     c.argv,
                     certbot_env,
-                    c.timeout_secs.unwrap_or(300),
+                    bounded("certbot.timeout_secs", c.timeout_secs, 300, 3600)?,
                 )?,
                 live_dir: clean_abs("certbot.live_dir", &live_dir)?,
                 openssl: clean_abs("certbot.openssl", &openssl)?,
                 renew_before: Duration::from_secs(
-                    c.renew_before_days.unwrap_or(30).saturating_mul(86_400),
+                    bounded("certbot.renew_before_days", c.renew_before_days, 30, 89)? * 86_400,
                 ),
+                max_runs_per_hour: bounded(
+                    "certbot.max_runs_per_hour",
+                    c.max_runs_per_hour.map(u64::from),
+                    3,
+                    20,
+                )? as u32,
             },
             sites,
         })
@@ -208,55 +229,34 @@ impl Policy {
         Policy::parse(&text)
     }
 
-    /// The checks that make the policy trustworthy: it and the conf dir must be root's alone.
+    /// The checks that make the policy trustworthy: it and the conf dir, and every directory
+    /// above them, must be root's alone (whoever may rename a parent may swap what is below).
     pub fn check_ownership(&self, policy_path: &Path) -> Result<(), String> {
-        root_only(policy_path)?;
-        root_only(&self.conf_dir)
+        root_only_with_ancestors(policy_path)?;
+        root_only_with_ancestors(&self.conf_dir)
     }
 
     /// The path of a site's conf: the only file the helper ever writes.
     pub fn conf_path(&self, site: &SiteName) -> PathBuf {
         self.conf_dir.join(format!("{site}.conf"))
     }
-
-    /// What `check` prints: everything this policy allows.
-    pub fn describe(&self) -> String {
-        let argv = |c: &Command| c.argv.join(" ");
-        let roots: Vec<String> = self
-            .allowed_roots
-            .iter()
-            .map(|r| r.display().to_string())
-            .collect();
-        let mut out = format!(
-            "client user: {} (uid {}, gid {})\nsocket: {}\nsite confs: {}/<site>.conf\ntest: {}\n\
-             reload: {}\nincludes from: {}\nallowed roots: {}\nlogs under: {}\n\
-             certbot: {} --cert-name <site> -d <domain>...\ncertificates: {}/<site>/\n",
-            self.client_user,
-            self.client_uid,
-            self.client_gid,
-            self.socket.display(),
-            self.conf_dir.display(),
-            argv(&self.test),
-            argv(&self.reload),
-            self.snippets_dir.display(),
-            roots.join(" "),
-            self.log_dir.display(),
-            argv(&self.certbot.command),
-            self.certbot.live_dir.display(),
-        );
-        for (site, domains) in &self.sites {
-            let ds: Vec<&str> = domains.iter().map(|d| d.as_str()).collect();
-            out += &format!("site {site}: {}\n", ds.join(" "));
-        }
-        out
-    }
 }
 
-fn root_only(path: &Path) -> Result<(), String> {
+/// [`root_only`] for `path` and each of its ancestors (which must be absolute, as ours are).
+pub fn root_only_with_ancestors(path: &Path) -> Result<(), String> {
+    let path = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    root_only(&path, false)?;
+    path.ancestors().skip(1).try_for_each(|a| root_only(a, true))
+}
+
+/// Owned by root, not a symlink, not writable by group or others; a sticky ancestor (`/tmp`)
+/// is fine, since others cannot rename root's entries in it.
+fn root_only(path: &Path, ancestor: bool) -> Result<(), String> {
     let meta = std::fs::symlink_metadata(path)
         .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
     let (p, uid, mode) = (path.display(), meta.uid(), meta.mode() & 0o7777);
-    if meta.file_type().is_symlink() || uid != 0 || mode & 0o022 != 0 {
+    let writable = mode & 0o022 != 0 && !(ancestor && mode & 0o1000 != 0);
+    if meta.file_type().is_symlink() || uid != 0 || writable {
         return Err(format!(
             "{p} must be owned by root, not a symlink, and not writable by group or others (uid {uid}, mode {mode:o})"
         ));
@@ -283,6 +283,7 @@ log_dir = "/var/log/nginx"
 argv = ["/usr/bin/certbot", "certonly", "--non-interactive"]
 [sites.durhack]
 domains = ["durhack.com", "www.durhack.com"]
+proxy_ports = [3000]
 {extra}"#
         )
     }
@@ -292,20 +293,16 @@ domains = ["durhack.com", "www.durhack.com"]
         let p = Policy::parse(&sample("")).unwrap();
         assert_eq!(p.client_uid, 0);
         assert_eq!(p.sites.len(), 1);
-        assert!(
-            p.describe()
-                .contains("site durhack: durhack.com www.durhack.com")
-        );
+        let durhack = &p.sites[&SiteName::try_from("durhack").unwrap()];
+        assert_eq!(durhack.proxy_ports, [3000]);
+        assert_eq!(durhack.domains.len(), 2);
     }
 
     #[test]
     fn the_example_policy_in_sudoers_is_valid() {
         let text = include_str!("../../sudoers/privhelper.toml");
         // The example's user exists only on a deployed machine.
-        let text = text.replace(
-            "client_user = \"durhack-deployer\"",
-            "client_user = \"root\"",
-        );
+        let text = text.replace("client_user = \"durhack-deployer\"", "client_user = \"root\"");
         let p = Policy::parse(&text).unwrap();
         assert_eq!(p.certbot.renew_before, Duration::from_secs(30 * 86_400));
 
@@ -316,10 +313,7 @@ domains = ["durhack.com", "www.durhack.com"]
         let mut config_sites = Vec::new();
         for (name, d) in example["deployments"].as_table().unwrap() {
             let path = PathBuf::from(d["path"].as_str().unwrap());
-            assert!(
-                p.allowed_roots.contains(&path),
-                "{name}: {path:?} not an allowed root"
-            );
+            assert!(p.allowed_roots.contains(&path), "{name}: {path:?} not an allowed root");
             if let Some(sites) = d.get("sites").and_then(|s| s.as_table()) {
                 config_sites.extend(sites.keys().cloned());
             }
@@ -332,26 +326,27 @@ domains = ["durhack.com", "www.durhack.com"]
 
     #[test]
     fn refuses_bad_policies() {
+        let top = |line: &str| sample("").replace("conf_dir =", &format!("{line}\nconf_dir ="));
+        assert!(Policy::parse(&top("read_timeout_secs = 60")).is_ok());
         let cases = [
             sample("[sites.other]\ndomains = [\"durhack.com\"]\n"),
             sample("[sites.Bad]\ndomains = [\"a.com\"]\n"),
             sample("[sites.empty]\ndomains = []\n"),
             sample("[sites.wild]\ndomains = [\"*.a.com\"]\n"),
-            sample("").replace(
-                "allowed_roots = [\"/srv/durhack\"]",
-                "allowed_roots = [\"/\"]",
-            ),
-            sample("").replace(
-                "allowed_roots = [\"/srv/durhack\"]",
-                "allowed_roots = [\"/srv/../etc\"]",
-            ),
+            sample("").replace("allowed_roots = [\"/srv/durhack\"]", "allowed_roots = [\"/\"]"),
+            sample("")
+                .replace("allowed_roots = [\"/srv/durhack\"]", "allowed_roots = [\"/srv/../etc\"]"),
             sample("").replace("\"/usr/sbin/nginx\", \"-t\"", "\"nginx\", \"-t\""),
-            sample("").replace(
-                "client_user = \"root\"",
-                "client_user = \"no-such-user-here\"",
-            ),
+            sample("").replace("client_user = \"root\"", "client_user = \"no-such-user-here\""),
             sample("").replace("[certbot]", "unknown_key = 1\n[certbot]"),
             sample("").replace("argv = [\"/usr/bin/certbot\"", "argv = [\"certbot\""),
+            // Bounded values: a typo must not overflow a deadline.
+            top("command_timeout_secs = 18446744073709551615"),
+            top("read_timeout_secs = 0"),
+            sample("").replace("[certbot]", "[certbot]\ntimeout_secs = 99999999"),
+            sample("").replace("[certbot]", "[certbot]\nrenew_before_days = 400"),
+            top("listen = [\"UNIX:/x\"]"),
+            top("listen = [\"80 default_server\"]"),
         ];
         for text in cases {
             assert!(Policy::parse(&text).is_err(), "should be refused:\n{text}");

@@ -2,16 +2,20 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
+use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Uid};
-use protocol::frame::{self, FrameError};
-use protocol::{ErrorCode, MAX_FRAME_BYTES, Request, Response};
+use protocol::frame::{self, Deadline, FrameError};
+use protocol::{ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION, Request, Response};
 
 use crate::actions;
 use crate::policy::Policy;
@@ -22,17 +26,19 @@ use crate::policy::Policy;
 /// - CAP_CHOWN: `nginx -t` creates its temp directories and chowns them to the worker user;
 /// - CAP_DAC_OVERRIDE: `nginx -t` and certbot must read confs, snippets and webroots that are
 ///   not necessarily root-owned, and certbot writes challenge files into the webroot;
-/// - CAP_FOWNER: certbot sets modes on files and directories it did not create.
+/// - CAP_FOWNER: certbot sets modes on files and directories it did not create;
+/// - CAP_NET_BIND_SERVICE: `nginx -t` binds every listen socket of the new configuration
+///   (80 and 443) to test it, and fails with EACCES without it.
 ///
 /// Binding a socket, changing its group and writing the conf dir happen before the drop or need
 /// no capability (root owns the conf dir). Not kept: CAP_SYS_ADMIN, CAP_SYS_MODULE,
-/// CAP_SYS_PTRACE, CAP_SETUID/SETGID, CAP_NET_ADMIN/RAW, CAP_NET_BIND_SERVICE (nginx -t does
-/// not bind; the running master does, with its own capabilities), CAP_KILL (the reload signals
-/// a master with our uid) and the rest.
-pub const KEPT_CAPABILITIES: [Capability; 3] = [
+/// CAP_SYS_PTRACE, CAP_SETUID/SETGID, CAP_NET_ADMIN/RAW, CAP_KILL (the reload signals a master
+/// with our uid) and the rest.
+pub const KEPT_CAPABILITIES: [Capability; 4] = [
     Capability::CAP_CHOWN,
     Capability::CAP_DAC_OVERRIDE,
     Capability::CAP_FOWNER,
+    Capability::CAP_NET_BIND_SERVICE,
 ];
 
 /// stdin, if it is a listening Unix socket (systemd's, with `StandardInput=socket`).
@@ -59,10 +65,7 @@ fn serr<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
 /// stdin, which std lets us borrow safely.
 pub fn listen(policy: &Policy) -> Result<UnixListener, String> {
     if let Some(listener) = inherited_listener() {
-        crate::info!(
-            "using the activated socket on stdin: {:?}",
-            listener.local_addr().ok()
-        );
+        crate::info!("using the activated socket on stdin: {:?}", listener.local_addr().ok());
         return Ok(listener);
     }
     if std::env::var("LISTEN_PID").is_ok_and(|p| p == std::process::id().to_string()) {
@@ -71,20 +74,27 @@ pub fn listen(policy: &Policy) -> Result<UnixListener, String> {
                 .into(),
         );
     }
+    // chown and chmod below go by path: safe only while nobody but root can change what the
+    // path names, so its directory (and every one above) must be root's alone.
+    let is_root = Uid::effective().is_root();
+    if let (true, Some(dir)) = (is_root, policy.socket.parent()) {
+        crate::policy::root_only_with_ancestors(dir)?;
+    }
     match fs::symlink_metadata(&policy.socket) {
         Ok(m) if m.file_type().is_socket() => {
             fs::remove_file(&policy.socket).map_err(serr("cannot remove the stale socket"))?
         }
         Ok(_) => {
-            return Err(format!(
-                "{} exists and is not a socket",
-                policy.socket.display()
-            ));
+            return Err(format!("{} exists and is not a socket", policy.socket.display()));
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(&policy.socket).map_err(serr("cannot bind the socket"))?;
-    if Uid::effective().is_root() {
+    // Created 0600, so no one else can connect before the group and mode are set.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(&policy.socket);
+    nix::sys::stat::umask(umask);
+    let listener = bound.map_err(serr("cannot bind the socket"))?;
+    if is_root {
         nix::unistd::chown(
             &policy.socket,
             Some(Uid::from_raw(0)),
@@ -117,99 +127,135 @@ pub fn drop_privileges() -> Result<(), String> {
     Ok(())
 }
 
-/// Serves connections one at a time, forever.
+/// Connections read at once. More are answered "busy" at once, so idle connections cannot
+/// queue up in front of a request.
+const MAX_OPEN: usize = 64;
+
+type Job<'a> = (UnixStream, Request, (u32, i32), Instant);
+
+/// Reads requests concurrently (one thread per connection, each under one deadline, at most
+/// [`MAX_OPEN`]) and executes them one at a time on a single thread, forever. `Hello` has no
+/// effect and is answered by its reader, so it is never stuck behind a slow certbot run.
 pub fn serve(policy: &Policy, listener: &UnixListener) -> Result<(), String> {
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => serve_one(policy, stream),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                crate::error!("accept failed: {e}");
-                // Avoid a hot loop on a persistent error such as EMFILE.
-                std::thread::sleep(Duration::from_millis(100));
+    let open = AtomicUsize::new(0);
+    let (jobs, queue) = mpsc::sync_channel::<Job>(MAX_OPEN);
+    thread::scope(|scope| {
+        thread::Builder::new()
+            .spawn_scoped(scope, move || execute(policy, queue))
+            .map_err(serr("cannot start the executor"))?;
+        loop {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    crate::error!("accept failed: {e}");
+                    // Avoid a hot loop on a persistent error such as EMFILE.
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let (open, jobs) = (&open, jobs.clone());
+            if open.fetch_add(1, Ordering::SeqCst) >= MAX_OPEN {
+                open.fetch_sub(1, Ordering::SeqCst);
+                let busy = Response::error(ErrorCode::Internal, "busy: too many open connections");
+                let _ = stream.set_write_timeout(Some(policy.read_timeout));
+                let _ = frame::write(&mut &stream, &busy);
+                continue;
+            }
+            let reader = move || {
+                receive(policy, stream, &jobs);
+                open.fetch_sub(1, Ordering::SeqCst);
+            };
+            if let Err(e) = thread::Builder::new().spawn_scoped(scope, reader) {
+                crate::error!("cannot start a reader: {e}");
+                open.fetch_sub(1, Ordering::SeqCst);
             }
         }
+    })
+}
+
+fn execute(policy: &Policy, queue: mpsc::Receiver<Job>) {
+    let mut state = actions::State::default();
+    for (stream, request, peer, started) in queue {
+        let response = actions::handle(policy, &mut state, &request);
+        let site = request.site().map_or("-".into(), |s| s.to_string());
+        respond(stream, peer, request.verb(), &site, &response, started, None);
     }
 }
 
-struct Deadline<'a> {
-    stream: &'a UnixStream,
-    until: Instant,
-}
-
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        (&mut &*self.stream).read(buf)
-    }
-}
-
-fn serve_one(policy: &Policy, mut stream: UnixStream) {
+/// Checks the peer, reads its one request under one deadline, and hands it to the executor.
+fn receive(policy: &Policy, stream: UnixStream, jobs: &mpsc::SyncSender<Job>) {
     let started = Instant::now();
-    let (uid, pid) = match getsockopt(&stream, sockopt::PeerCredentials) {
+    let peer = match getsockopt(&stream, sockopt::PeerCredentials) {
         Ok(c) => (c.uid(), c.pid()),
-        Err(e) => {
-            crate::warning!("cannot read peer credentials, closing: {e}");
-            return;
-        }
+        Err(e) => return crate::warning!("cannot read peer credentials, closing: {e}"),
     };
     let _ = stream.set_write_timeout(Some(policy.read_timeout));
-    if uid != policy.client_uid {
-        // Refused before a byte is read: the request is never looked at.
-        let _ = frame::write(
-            &mut stream,
-            &Response::error(ErrorCode::PeerRefused, "not the policy's client user"),
-        );
-        return log_request((uid, pid), "-", "-", "refused: wrong peer uid", started);
-    }
     // One deadline for the whole request, so a client dripping bytes cannot hold us either.
-    let mut reader = Deadline {
-        stream: &stream,
-        until: Instant::now() + policy.read_timeout,
-    };
-    let request = frame::read_exact_one::<Request>(&mut reader);
-    let (verb, site, response) = match request {
-        Ok(req) => {
-            let response = actions::handle(policy, &req);
-            let site = req.site().map_or("-".into(), |s| s.to_string());
-            (req.verb(), site, response)
-        }
-        Err(e) => {
-            // Drain (bounded, under the read timeout) what the peer sent, so closing with unread
-            // data does not reset the connection before it reads our error.
-            let _ = io::copy(&mut reader.take(MAX_FRAME_BYTES as u64), &mut io::sink());
-            let code = match &e {
-                FrameError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
-                FrameError::Io(io)
-                    if matches!(
-                        io.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    ErrorCode::Timeout
+    let until = Instant::now() + policy.read_timeout;
+    let response = if peer.0 != policy.client_uid {
+        // Refused before a byte is looked at (what it sent is drained unparsed, below).
+        Response::error(ErrorCode::PeerRefused, "not the policy's client user")
+    } else {
+        let mut reader = Deadline { stream: &stream, until };
+        match frame::read_exact_one::<Request>(&mut reader) {
+            Ok(Request::Hello) => Response::Hello { version: PROTOCOL_VERSION },
+            Ok(request) => {
+                if jobs.send((stream, request, peer, started)).is_err() {
+                    crate::error!("the executor is gone");
                 }
-                _ => ErrorCode::Malformed,
-            };
-            ("-", "-".into(), Response::error(code, e.to_string()))
+                return;
+            }
+            Err(e) => {
+                let code = match &e {
+                    FrameError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
+                    FrameError::Io(io)
+                        if matches!(
+                            io.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        ErrorCode::Timeout
+                    }
+                    _ => ErrorCode::Malformed,
+                };
+                Response::error(code, e.to_string())
+            }
         }
     };
-    let decision = match &response {
+    let verb = if matches!(response, Response::Hello { .. }) { "hello" } else { "-" };
+    respond(stream, peer, verb, "-", &response, started, Some(until));
+}
+
+/// Sends `response` and writes the one log line for the request. With `drain_until`, what the
+/// peer sent is then read and dropped (bounded, never parsed), so that our close does not reset
+/// the connection before the peer has read the answer.
+fn respond(
+    mut stream: UnixStream,
+    peer: (u32, i32),
+    verb: &str,
+    site: &str,
+    response: &Response,
+    started: Instant,
+    drain_until: Option<Instant>,
+) {
+    let decision = match response {
         Response::Hello { .. } => "hello".to_string(),
         Response::Done { outcome, .. } => format!("done: {outcome}"),
-        Response::Error { code, detail } => format!(
-            "error: {code}: {}",
-            detail.as_str().lines().next().unwrap_or("")
-        ),
+        Response::Error { code, detail } => {
+            format!("error: {code}: {}", detail.as_str().lines().next().unwrap_or(""))
+        }
     };
     let written =
-        frame::write(&mut stream, &response).and_then(|()| stream.flush().map_err(FrameError::Io));
-    log_request((uid, pid), verb, &site, &decision, started);
+        frame::write(&mut stream, response).and_then(|()| stream.flush().map_err(FrameError::Io));
+    if let Some(until) = drain_until {
+        let _ = stream.shutdown(Shutdown::Write);
+        let reader = Deadline { stream: &stream, until };
+        let _ = io::copy(&mut reader.take(MAX_FRAME_BYTES as u64), &mut io::sink());
+    }
+    log_request(peer, verb, site, &decision, started);
     if let Err(e) = written {
-        crate::warning!("peer_pid={pid} could not send the response: {e}");
+        crate::warning!("peer_pid={} could not send the response: {e}", peer.1);
     }
 }
 

@@ -11,13 +11,8 @@ use testkit::prereq;
 use testkit::privhelper::{PolicySpec, PrivHelper};
 
 fn domains(names: &[&str]) -> Domains {
-    Domains::try_from(
-        names
-            .iter()
-            .map(|n| Domain::try_from(*n).unwrap())
-            .collect::<Vec<_>>(),
-    )
-    .unwrap()
+    Domains::try_from(names.iter().map(|n| Domain::try_from(*n).unwrap()).collect::<Vec<_>>())
+        .unwrap()
 }
 
 fn issue(client: &Client, names: &[&str]) -> Response {
@@ -31,18 +26,12 @@ fn issue(client: &Client, names: &[&str]) -> Response {
 
 fn certbot_runs(certbot_dir: &std::path::Path) -> usize {
     // certbot starts a new log file (rotating the old ones) on every run.
-    std::fs::read_dir(certbot_dir.join("logs"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(certbot_dir.join("logs")).map(|d| d.count()).unwrap_or(0)
 }
 
 #[test]
 fn certificates_are_issued_once_and_only_for_policy_domains() {
-    if !prereq::require(
-        "certbot",
-        prereq::have_program("certbot"),
-        "real certificate issuance",
-    ) {
+    if !prereq::require("certbot", prereq::have_program("certbot"), "real certificate issuance") {
         return;
     }
     let Some(nginx) = Nginx::start() else { return };
@@ -56,6 +45,8 @@ fn certificates_are_issued_once_and_only_for_policy_domains() {
     spec.certbot_argv = pebble.certbot_argv(certbot_dir.path(), &nginx.webroot());
     spec.certbot_env = pebble.certbot_env();
     spec.cert_live_dir = Pebble::live_dir(certbot_dir.path());
+    // One issuance, one attempt for another set, then the limit.
+    spec.certbot_max_runs_per_hour = 2;
     let Some(helper) = PrivHelper::start(&nginx, &spec) else {
         return;
     };
@@ -74,22 +65,13 @@ fn certificates_are_issued_once_and_only_for_policy_domains() {
         })
         .unwrap();
     assert!(
-        matches!(
-            response,
-            Response::Done {
-                outcome: Outcome::SiteWritten,
-                ..
-            }
-        ),
+        matches!(response, Response::Done { outcome: Outcome::SiteWritten, .. }),
         "{response:?}"
     );
     let old = nginx.worker_pids();
     assert!(matches!(
         client.call(&Request::ReloadNginx).unwrap(),
-        Response::Done {
-            outcome: Outcome::Reloaded,
-            ..
-        }
+        Response::Done { outcome: Outcome::Reloaded, .. }
     ));
     nginx.wait_for_new_workers(&old);
 
@@ -97,13 +79,7 @@ fn certificates_are_issued_once_and_only_for_policy_domains() {
     for names in [&["evil.test"][..], &["demo.test", "other.test"][..]] {
         let response = issue(&client, names);
         assert!(
-            matches!(
-                response,
-                Response::Error {
-                    code: ErrorCode::NotAllowed,
-                    ..
-                }
-            ),
+            matches!(response, Response::Error { code: ErrorCode::NotAllowed, .. }),
             "{response:?}"
         );
     }
@@ -112,13 +88,7 @@ fn certificates_are_issued_once_and_only_for_policy_domains() {
     // A real certificate from the real ACME server.
     let response = issue(&client, &["demo.test", "www.demo.test"]);
     assert!(
-        matches!(
-            response,
-            Response::Done {
-                outcome: Outcome::CertificateIssued,
-                ..
-            }
-        ),
+        matches!(response, Response::Done { outcome: Outcome::CertificateIssued, .. }),
         "{response:?}\npebble log:\n{}",
         pebble.log()
     );
@@ -129,27 +99,34 @@ fn certificates_are_issued_once_and_only_for_policy_domains() {
     let runs = certbot_runs(certbot_dir.path());
     assert!(runs >= 1);
 
-    // With the ACME server gone, asking again must not need it: the valid certificate is kept
-    // and certbot does not run.
+    // With the ACME server gone, asking again for exactly these names must not need it: the
+    // valid certificate is kept and certbot does not run.
     drop(pebble);
-    for names in [&["demo.test", "www.demo.test"][..], &["www.demo.test"][..]] {
-        let response = issue(&client, names);
-        assert!(
-            matches!(
-                response,
-                Response::Done {
-                    outcome: Outcome::CertificateStillValid,
-                    ..
-                }
-            ),
-            "{response:?}"
-        );
-    }
-    assert_eq!(
-        certbot_runs(certbot_dir.path()),
-        runs,
-        "certbot did not run again"
+    let response = issue(&client, &["demo.test", "www.demo.test"]);
+    assert!(
+        matches!(response, Response::Done { outcome: Outcome::CertificateStillValid, .. }),
+        "{response:?}"
     );
+    assert_eq!(certbot_runs(certbot_dir.path()), runs, "certbot did not run again");
+    // Another set of names is not "still valid" (certbot would replace the certificate), so
+    // alternating sets cannot pass the guard; the per-site hourly limit stops them instead.
+    let response = issue(&client, &["www.demo.test"]);
+    assert!(
+        matches!(
+            &response,
+            Response::Error { code: ErrorCode::CommandFailed, detail } if detail.as_str().contains("certbot failed")
+        ),
+        "a subset is not the same certificate, so certbot ran (and failed: no ACME server): {response:?}"
+    );
+    let after_subset = certbot_runs(certbot_dir.path());
+    let response = issue(&client, &["demo.test"]);
+    match response {
+        Response::Error { code: ErrorCode::NotAllowed, detail } => {
+            assert!(detail.as_str().contains("max_runs_per_hour"), "{detail:?}")
+        }
+        other => panic!("expected the hourly limit, got {other:?}"),
+    }
+    assert_eq!(certbot_runs(certbot_dir.path()), after_subset, "limited: certbot did not run");
     let log = helper.log();
     assert!(
         log.contains("done: CertificateStillValid") && log.contains("error: NotAllowed"),

@@ -18,15 +18,29 @@ fn start() -> Option<(Nginx, PrivHelper, Client)> {
     Some((nginx, helper, client))
 }
 
+/// What `durhack-privhelper check-site` prints for `conf`: the helper's rendering, which is
+/// exactly what WriteSite must write.
+fn rendered(helper: &PrivHelper, name: &str, conf: &str) -> String {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), conf).unwrap();
+    let out = std::process::Command::new(testkit::privhelper::binary())
+        .arg("check-site")
+        .arg("--policy")
+        .arg(helper.policy_path())
+        .args([std::ffi::OsStr::new(name), file.path().as_os_str()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn site(name: &str) -> SiteName {
     SiteName::try_from(name).unwrap()
 }
 
 fn write(client: &Client, name: &str, conf: &str) -> Response {
-    let request = Request::WriteSite {
-        site: site(name),
-        config: SiteConfig::try_from(conf).unwrap(),
-    };
+    let request =
+        Request::WriteSite { site: site(name), config: SiteConfig::try_from(conf).unwrap() };
     client.call(&request).unwrap()
 }
 
@@ -45,16 +59,7 @@ fn static_site(nginx: &Nginx, content: &str) -> String {
 fn reload(nginx: &Nginx, client: &Client) {
     let old = nginx.worker_pids();
     let response = client.call(&Request::ReloadNginx).unwrap();
-    assert!(
-        matches!(
-            response,
-            Response::Done {
-                outcome: Outcome::Reloaded,
-                ..
-            }
-        ),
-        "{response:?}"
-    );
+    assert!(matches!(response, Response::Done { outcome: Outcome::Reloaded, .. }), "{response:?}");
     nginx.wait_for_new_workers(&old);
 }
 
@@ -65,9 +70,7 @@ fn hello_answers_the_protocol_version() {
     };
     assert_eq!(
         client.call(&Request::Hello).unwrap(),
-        Response::Hello {
-            version: protocol::PROTOCOL_VERSION
-        }
+        Response::Hello { version: protocol::PROTOCOL_VERSION }
     );
 }
 
@@ -81,19 +84,12 @@ fn valid_site_is_written_reloaded_and_served() {
     let conf = static_site(&nginx, "hello from demo v1");
     let response = write(&client, "demo", &conf);
     assert!(
-        matches!(
-            response,
-            Response::Done {
-                outcome: Outcome::SiteWritten,
-                ..
-            }
-        ),
+        matches!(response, Response::Done { outcome: Outcome::SiteWritten, .. }),
         "{response:?}"
     );
-    assert_eq!(
-        std::fs::read_to_string(nginx.sites_dir().join("demo.conf")).unwrap(),
-        conf
-    );
+    let written = std::fs::read_to_string(nginx.sites_dir().join("demo.conf")).unwrap();
+    assert_eq!(written, rendered(&helper, "demo", &conf));
+    assert!(written.contains("disable_symlinks \"if_not_owner\";"), "{written}");
     reload(&nginx, &client);
     assert_eq!(
         nginx.get("demo.test", "/"),
@@ -106,90 +102,51 @@ fn valid_site_is_written_reloaded_and_served() {
     // The same content again writes nothing.
     let response = write(&client, "demo", &conf);
     assert!(
-        matches!(
-            response,
-            Response::Done {
-                outcome: Outcome::SiteUnchanged,
-                ..
-            }
-        ),
+        matches!(response, Response::Done { outcome: Outcome::SiteUnchanged, .. }),
         "{response:?}"
     );
 
     // Removal, then the site is gone after a reload; removing again is a no-op.
-    let response = client
-        .call(&Request::RemoveSite { site: site("demo") })
-        .unwrap();
+    let response = client.call(&Request::RemoveSite { site: site("demo") }).unwrap();
     assert!(
-        matches!(
-            response,
-            Response::Done {
-                outcome: Outcome::SiteRemoved,
-                ..
-            }
-        ),
+        matches!(response, Response::Done { outcome: Outcome::SiteRemoved, .. }),
         "{response:?}"
     );
     assert!(!nginx.sites_dir().join("demo.conf").exists());
     reload(&nginx, &client);
     assert_eq!(nginx.get("demo.test", "/").0, 404);
-    let response = client
-        .call(&Request::RemoveSite { site: site("demo") })
-        .unwrap();
+    let response = client.call(&Request::RemoveSite { site: site("demo") }).unwrap();
     assert!(
-        matches!(
-            response,
-            Response::Done {
-                outcome: Outcome::SiteAbsent,
-                ..
-            }
-        ),
+        matches!(response, Response::Done { outcome: Outcome::SiteAbsent, .. }),
         "{response:?}"
     );
 
     // One log line per request with the peer, verb, site and decision.
     let log = helper.log();
-    assert!(
-        log.contains("verb=\"write-site\"") || log.contains("verb=write-site"),
-        "{log}"
-    );
-    assert!(
-        log.contains("peer_uid=0") && log.contains("peer_pid="),
-        "{log}"
-    );
-    assert!(
-        log.contains("done: SiteWritten") && log.contains("done: SiteUnchanged"),
-        "{log}"
-    );
+    assert!(log.contains("verb=\"write-site\"") || log.contains("verb=write-site"), "{log}");
+    assert!(log.contains("peer_uid=0") && log.contains("peer_pid="), "{log}");
+    assert!(log.contains("done: SiteWritten") && log.contains("done: SiteUnchanged"), "{log}");
 }
 
 #[test]
 fn conf_failing_nginx_test_is_rolled_back_and_old_content_stays() {
-    let Some((nginx, _helper, client)) = start() else {
+    let Some((nginx, helper, client)) = start() else {
         return;
     };
     let good = static_site(&nginx, "old content");
     assert!(matches!(
         write(&client, "demo", &good),
-        Response::Done {
-            outcome: Outcome::SiteWritten,
-            ..
-        }
+        Response::Done { outcome: Outcome::SiteWritten, .. }
     ));
     reload(&nginx, &client);
     assert_eq!(nginx.get("demo.test", "/").1, "old content");
 
     // Passes the checker (allowed directives, allowed paths) but nginx -t refuses it.
-    let bad = good.replace(
-        "index index.html;",
-        "index index.html;\n    gzip maybe;\n    expires soon;",
-    );
+    let bad =
+        good.replace("index index.html;", "index index.html;\n    gzip maybe;\n    expires soon;");
     let response = write(&client, "demo", &bad);
     match &response {
-        Response::Error {
-            code: ErrorCode::NginxTestFailed,
-            detail,
-        } => {
+        Response::Error { code: ErrorCode::NginxTestFailed, detail } => {
             assert!(detail.as_str().contains("restored"), "{detail:?}");
             assert!(
                 detail.as_str().contains("gzip") || detail.as_str().contains("invalid"),
@@ -200,38 +157,23 @@ fn conf_failing_nginx_test_is_rolled_back_and_old_content_stays() {
     }
     assert_eq!(
         std::fs::read_to_string(nginx.sites_dir().join("demo.conf")).unwrap(),
-        good,
+        rendered(&helper, "demo", &good),
         "rolled back"
     );
-    let leftovers: Vec<_> = std::fs::read_dir(nginx.sites_dir())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(nginx.sites_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "only demo.conf remains: {leftovers:?}");
     reload(&nginx, &client);
-    assert_eq!(
-        nginx.get("demo.test", "/"),
-        (200, "old content".to_string())
-    );
+    assert_eq!(nginx.get("demo.test", "/"), (200, "old content".to_string()));
 
     // A new site that fails nginx -t is removed again.
     let response = write(
         &client,
         "other",
-        &format!(
-            "server {{ listen {}; server_name other.test; expires soon; }}\n",
-            nginx.listen()
-        ),
+        &format!("server {{ listen {}; server_name other.test; expires soon; }}\n", nginx.listen()),
     );
     assert!(
-        matches!(
-            response,
-            Response::Error {
-                code: ErrorCode::NginxTestFailed,
-                ..
-            }
-        ),
+        matches!(response, Response::Error { code: ErrorCode::NginxTestFailed, .. }),
         "{response:?}"
     );
     assert!(!nginx.sites_dir().join("other.conf").exists());
@@ -254,37 +196,18 @@ fn refused_confs_write_nothing() {
     ] {
         let response = write(&client, "demo", &conf);
         assert!(
-            matches!(
-                response,
-                Response::Error {
-                    code: ErrorCode::ConfRefused,
-                    ..
-                }
-            ),
+            matches!(response, Response::Error { code: ErrorCode::ConfRefused, .. }),
             "{conf}: {response:?}"
         );
     }
     // A site outside the policy.
-    let response = write(
-        &client,
-        "unknown",
-        &format!("server {{ listen {l}; server_name demo.test; }}"),
-    );
+    let response =
+        write(&client, "unknown", &format!("server {{ listen {l}; server_name demo.test; }}"));
     assert!(
-        matches!(
-            response,
-            Response::Error {
-                code: ErrorCode::NotAllowed,
-                ..
-            }
-        ),
+        matches!(response, Response::Error { code: ErrorCode::NotAllowed, .. }),
         "{response:?}"
     );
-    assert_eq!(
-        std::fs::read_dir(nginx.sites_dir()).unwrap().count(),
-        0,
-        "nothing was written"
-    );
+    assert_eq!(std::fs::read_dir(nginx.sites_dir()).unwrap().count(), 0, "nothing was written");
 }
 
 #[test]
@@ -306,31 +229,16 @@ fn malformed_and_mismatched_frames_are_answered_with_errors() {
     wrong_version[4..8].copy_from_slice(&99u32.to_be_bytes());
     assert!(matches!(
         exchange(&wrong_version),
-        Response::Error {
-            code: ErrorCode::VersionMismatch,
-            ..
-        }
+        Response::Error { code: ErrorCode::VersionMismatch, .. }
     ));
     assert!(matches!(
         exchange(b"GET / HTTP/1.0\r\n\r\n"),
-        Response::Error {
-            code: ErrorCode::Malformed,
-            ..
-        }
+        Response::Error { code: ErrorCode::Malformed, .. }
     ));
     let mut two = protocol::frame::encode(&Request::Hello).unwrap();
     two.extend(protocol::frame::encode(&Request::Hello).unwrap());
-    assert!(matches!(
-        exchange(&two),
-        Response::Error {
-            code: ErrorCode::Malformed,
-            ..
-        }
-    ));
+    assert!(matches!(exchange(&two), Response::Error { code: ErrorCode::Malformed, .. }));
     // A client that connects and sends nothing does not block the helper for others.
     let _stalled = UnixStream::connect(helper.socket()).unwrap();
-    assert!(matches!(
-        client.call(&Request::Hello),
-        Ok(Response::Hello { .. })
-    ));
+    assert!(matches!(client.call(&Request::Hello), Ok(Response::Hello { .. })));
 }

@@ -179,6 +179,27 @@ pub fn read_exact_one<T: Decode<()> + Encode>(reader: &mut impl Read) -> Result<
     }
 }
 
+/// A reader that fails with `TimedOut` once `until` has passed, however the bytes trickle in:
+/// one deadline for a whole request, so a peer dripping one byte at a time cannot hold a server.
+#[derive(Debug)]
+pub struct Deadline<'a> {
+    pub stream: &'a std::os::unix::net::UnixStream,
+    pub until: std::time::Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self
+            .until
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
 /// Writes one frame.
 pub fn write<T: Encode>(writer: &mut impl Write, value: &T) -> Result<(), FrameError> {
     writer.write_all(&encode(value)?)?;

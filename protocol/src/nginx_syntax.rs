@@ -3,14 +3,19 @@
 //! It follows nginx's own `ngx_conf_read_token` closely, because the helper's policy check is
 //! only as good as its agreement with nginx about where directives start and end:
 //! - `#` starts a comment only at the start of a token (`a#b` is one word);
-//! - a word ends at whitespace, `;` or `{` (a `}` inside a word is part of it), except that
-//!   `${` inside a word is variable syntax and does not open a block;
+//! - a word ends at whitespace, `;` or `{` (a `}` inside a word is part of it), except that a
+//!   `{` right after `$` does not end it, and (as in nginx 1.22's `variable` flag) neither does
+//!   any further `{` until another character comes: `${{{` is one word;
 //! - quotes open a string only at the start of a token, and a closing quote must be followed by
 //!   whitespace, `;`, `{` or `)`;
 //! - `\"`, `\'`, `\\`, `\t`, `\r`, `\n` are unescaped; other backslashes are kept.
 //!
 //! Anything nginx would reject (unbalanced braces, a stray `;`, a missing `;` at the end) is
-//! rejected here too.
+//! rejected here too, and so is a control character inside a name or an argument.
+//!
+//! The helper does not rely on this agreement for safety: it writes [`render`]'s canonical form
+//! of the checked tree, never the client's text, so nginx reads exactly what was checked even
+//! where this tokenizer and some nginx version disagree.
 
 use std::fmt;
 
@@ -159,9 +164,9 @@ fn tokenize(text: &str) -> Result<Vec<(Token, usize)>, SyntaxError> {
                         variable = false;
                         continue;
                     }
+                    // nginx keeps its variable flag across `{`: `${{` is one word.
                     if ch == '{' && variable {
                         i += 1;
-                        variable = false;
                         continue;
                     }
                     if matches!(ch, ' ' | '\t' | '\r' | '\n' | ';' | '{') {
@@ -184,6 +189,13 @@ pub fn parse(text: &str) -> Result<Vec<Directive>, SyntaxError> {
         return err(1, "NUL byte");
     }
     let tokens = tokenize(text)?;
+    for (token, line) in &tokens {
+        if let Token::Word(w, _) = token
+            && w.chars().any(char::is_control)
+        {
+            return err(*line, "control character in a name or argument");
+        }
+    }
     let mut pos = 0;
     let directives = parse_block(&tokens, &mut pos, 0)?;
     if let Some((_, line)) = tokens.get(pos) {
@@ -279,6 +291,108 @@ pub fn server_names(directives: &[Directive]) -> Vec<String> {
     out
 }
 
+/// The names of the variables an argument refers to, as nginx's script compiler reads them:
+/// `$name` (letters, digits, `_`) or `${name}`. A `$` with no name yields `""`.
+pub fn variables(arg: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = arg;
+    while let Some(at) = rest.find('$') {
+        rest = &rest[at + 1..];
+        let (name, after) = match rest.strip_prefix('{') {
+            Some(braced) => match braced.find('}') {
+                Some(end) => (&braced[..end], &braced[end + 1..]),
+                None => ("", ""),
+            },
+            None => {
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                (&rest[..end], &rest[end..])
+            }
+        };
+        out.push(name);
+        rest = after;
+    }
+    out
+}
+
+/// The port of a `proxy_pass` URL naming a loopback upstream (`http://127.0.0.1:P`,
+/// `http://[::1]:P` or `http://localhost:P`, then nothing or a `/path` without variables), as
+/// nginx would read it; `None` for anything else (another scheme or host, `unix:`, variables).
+pub fn loopback_port(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let port = ["127.0.0.1:", "[::1]:", "localhost:"]
+        .iter()
+        .find_map(|h| authority.strip_prefix(h));
+    port.filter(|_| !path.contains('$'))?.parse().ok()
+}
+
+/// Whether regex captures (`$1`..`$9`) can only hold pieces of the normalised `$uri`: false as
+/// soon as an `if` matches a regex against anything else (`if ($args ~ (.*))`), since the last
+/// match sets them.
+pub fn captures_come_from_uri(directives: &[Directive]) -> bool {
+    directives.iter().all(|d| {
+        let regex = d.name == "if"
+            && d.args
+                .iter()
+                .any(|a| a.trim_start_matches('!').starts_with('~'));
+        let subject = d.args.first().map(|a| a.trim_start_matches('('));
+        let from_uri = !regex || matches!(subject, Some("$uri" | "$document_uri"));
+        from_uri && d.block.as_deref().is_none_or(captures_come_from_uri)
+    })
+}
+
+/// Whether `alias` is safe in the location with arguments `location`: nginx replaces the
+/// location's prefix by the alias, so `location /img { alias /srv/x/; }` serves `/img../etc`
+/// from `/srv/x/../etc`. In a prefix location both must end with `/`; exact (`=`) and regex
+/// locations name whole files.
+pub fn alias_fits(location: &[String], alias: &str) -> bool {
+    match location {
+        [m, _] if matches!(m.as_str(), "=" | "~" | "~*") => true,
+        [prefix] | [_, prefix] => prefix.ends_with('/') && alias.ends_with('/'),
+        _ => false,
+    }
+}
+
+/// The canonical text of `directives`: one directive per line, four spaces of indent per level,
+/// names bare, every argument double-quoted with `\\` and `"` escaped. nginx reads a quoted
+/// argument back byte for byte (only `\\` and `"` are special inside double quotes, in every
+/// version of its tokenizer), so the file means exactly the tree, whatever the text it came from.
+/// Names must be words (the checker allows only allow-listed ones); arguments must have no
+/// control characters ([`parse`] refuses them).
+pub fn render(directives: &[Directive]) -> String {
+    let mut out = String::new();
+    render_into(&mut out, directives, 0);
+    out
+}
+
+fn render_into(out: &mut String, directives: &[Directive], depth: usize) {
+    for d in directives {
+        out.push_str(&"    ".repeat(depth));
+        out.push_str(&d.name);
+        for arg in &d.args {
+            out.push_str(" \"");
+            for c in arg.chars() {
+                if matches!(c, '\\' | '"') {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        }
+        match &d.block {
+            None => out.push_str(";\n"),
+            Some(block) => {
+                out.push_str(" {\n");
+                render_into(out, block, depth + 1);
+                out.push_str(&"    ".repeat(depth));
+                out.push_str("}\n");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +448,102 @@ mod tests {
         // Brace inside a word is part of it, as in nginx.
         let ds = parse("return 200 a}b;").unwrap();
         assert_eq!(ds[0].args, ["200", "a}b"]);
+    }
+
+    #[test]
+    fn variable_braces_stay_in_the_word_as_in_nginx() {
+        // nginx 1.22 keeps its variable flag across `{`: all of `${{` is one word.
+        let ds = parse("a ${{ b;").unwrap();
+        assert_eq!(ds[0].args, ["${{", "b"]);
+        // The review's smuggling shape: one location to nginx, so one location to us too.
+        let text = "location /a${{# { } } log_format x y;\n";
+        assert!(
+            parse(text).is_err(),
+            "nginx reads an unterminated block here"
+        );
+        let ds = parse("location /a${{# { return 200 x; }\n").unwrap();
+        assert_eq!(ds[0].args, ["/a${{#"]);
+        assert_eq!(names(&ds), ["location", "return"]);
+        let ds = parse("set $a ${x}y{;").unwrap_err();
+        assert!(ds.message.contains("not terminated") || ds.message.contains("unexpected"));
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        for bad in ["a \"x\\ny\";", "a x\\ty;", "a \u{7}b;", "a \u{85};"] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(
+            parse("a\tb\r\n c;").is_ok(),
+            "whitespace between tokens is fine"
+        );
+    }
+
+    #[test]
+    fn variables_are_found_as_nginx_names_them() {
+        assert_eq!(variables("/$uri/${host}x$1$"), ["uri", "host", "1", ""]);
+        assert_eq!(variables("$arg_p.html"), ["arg_p"]);
+        assert_eq!(variables("${unterminated"), [""]);
+        assert!(variables("plain").is_empty());
+    }
+
+    #[test]
+    fn loopback_ports_aliases_and_captures() {
+        assert_eq!(loopback_port("http://127.0.0.1:3000/api/"), Some(3000));
+        assert_eq!(loopback_port("http://[::1]:3000"), Some(3000));
+        assert_eq!(loopback_port("http://localhost:3000"), Some(3000));
+        for bad in [
+            "http://UNIX:/x.sock:/",
+            "HTTP://127.0.0.1:3000",
+            "https://127.0.0.1:3000",
+            "http://127.0.0.1:3000/$1",
+            "http://127.0.0.1:3000@x",
+            "http://127.0.0.2:3000",
+            "http://127.0.0.1",
+            "http://$host:3000",
+        ] {
+            assert_eq!(loopback_port(bad), None, "{bad}");
+        }
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(alias_fits(&args(&["/img/"]), "/srv/x/"));
+        assert!(alias_fits(&args(&["^~", "/img/"]), "/srv/x/"));
+        assert!(alias_fits(&args(&["=", "/f"]), "/srv/f"));
+        assert!(!alias_fits(&args(&["/img"]), "/srv/x/"));
+        assert!(!alias_fits(&args(&["/img/"]), "/srv/x"));
+        assert!(!alias_fits(&args(&["@named"]), "/srv/x/"));
+        assert!(captures_come_from_uri(
+            &parse("if ($uri ~ (.*)) { } if ($a = b) { }").unwrap()
+        ));
+        assert!(!captures_come_from_uri(
+            &parse("location / { if ($args ~* (.*)) { } }").unwrap()
+        ));
+        assert!(!captures_come_from_uri(&parse("if ($a !~ x) { }").unwrap()));
+    }
+
+    #[test]
+    fn render_round_trips_any_argument() {
+        let tricky = [
+            "${{", "#x", "a;b", "{", "}", "\"", "'", "\\", "\\n", "$", "x\\", "é", "", " ",
+            "a\"b'c",
+        ];
+        let tree = vec![Directive {
+            name: "server".into(),
+            args: vec![],
+            block: Some(vec![Directive {
+                name: "add_header".into(),
+                args: tricky.iter().map(|s| s.to_string()).collect(),
+                block: None,
+                line: 2,
+            }]),
+            line: 1,
+        }];
+        let text = render(&tree);
+        let back = parse(&text).unwrap();
+        assert_eq!(
+            back[0].block.as_ref().unwrap()[0].args,
+            tree[0].block.as_ref().unwrap()[0].args
+        );
+        assert_eq!(render(&back), text, "rendering is canonical");
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub struct PolicySpec {
     /// `<live_dir>/<site>/`).
     pub cert_live_dir: PathBuf,
     pub command_timeout_secs: u64,
+    /// The `listen` forms sites may use. Defaults to the test nginx's `127.0.0.1:<port>`.
+    pub listen: Vec<String>,
+    /// Loopback ports every site's `proxy_pass` may reach.
+    pub proxy_ports: Vec<u16>,
+    /// certbot runs per site per hour.
+    pub certbot_max_runs_per_hour: u32,
 }
 
 /// The name of the user running this process.
@@ -53,6 +59,9 @@ impl PolicySpec {
             certbot_env: Vec::new(),
             cert_live_dir: nginx.prefix().join("letsencrypt/live"),
             command_timeout_secs: 60,
+            listen: vec![nginx.listen()],
+            proxy_ports: Vec::new(),
+            certbot_max_runs_per_hour: 3,
         }
     }
 
@@ -102,7 +111,11 @@ impl PolicySpec {
             q(&nginx.logs_dir().display().to_string())
         );
         let _ = writeln!(t, "command_timeout_secs = {}", self.command_timeout_secs);
+        let _ = writeln!(t, "listen = {}", list(&self.listen));
+        let pid_file = nginx.prefix().join("logs/nginx.pid");
+        let _ = writeln!(t, "nginx_pid_file = {}", q(&pid_file.display().to_string()));
         let _ = writeln!(t, "[certbot]\nargv = {}", list(&self.certbot_argv));
+        let _ = writeln!(t, "max_runs_per_hour = {}", self.certbot_max_runs_per_hour);
         let _ = writeln!(
             t,
             "live_dir = {}",
@@ -115,6 +128,7 @@ impl PolicySpec {
         }
         for (site, domains) in &self.sites {
             let _ = writeln!(t, "[sites.{site}]\ndomains = {}", list(domains));
+            let _ = writeln!(t, "proxy_ports = {:?}", self.proxy_ports);
         }
         t
     }
