@@ -8,8 +8,8 @@
 //!
 //!   nginx's tree of `written` == `parse(written)` == the checked tree,
 //!
-//! where the checked tree is `parse(client text)` with `disable_symlinks on;` first in every
-//! server block. Any difference fails the test and prints the case's seed, both texts and the
+//! where the checked tree is `parse(client text)` with `disable_symlinks if_not_owner;` first in
+//! every server block. Any difference fails the test and prints the case's seed, both texts and the
 //! trees.
 //!
 //! nginx's reading of the client's *original* text is compared with the checker's too: those
@@ -29,59 +29,15 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
+use privhelper::checker::check;
 use privhelper::policy::Policy;
 use protocol::SiteName;
-use protocol::nginx_syntax::Directive;
+use protocol::nginx_syntax::{Directive, parse};
 use testkit::nginx_tree::{self, Node};
 
-// --- The checker API from /work/notes/issue9-design.md. --------------------------------------
-// LOCAL STAND-IN until main has it: check() returning the text to write, and render(). Delete
-// this module and use `privhelper::checker::check` / `protocol::nginx_syntax::{parse, render}`
-// once the new API is merged.
-mod api {
-    use protocol::SiteName;
-    use protocol::nginx_syntax::{self, Directive};
-
-    use privhelper::policy::Policy;
-
-    pub use protocol::nginx_syntax::parse;
-
-    pub fn check(policy: &Policy, site: &SiteName, text: &str) -> Result<String, String> {
-        privhelper::checker::check(policy, site, text)?;
-        let mut tree = nginx_syntax::parse(text).map_err(|e| e.to_string())?;
-        super::inject_disable_symlinks(&mut tree);
-        Ok(format!(
-            "# written by durhack-privhelper for site {site}; edits are overwritten\n{}",
-            render(&tree)
-        ))
-    }
-
-    pub fn render(tree: &[Directive]) -> String {
-        fn go(out: &mut String, tree: &[Directive], depth: usize) {
-            for d in tree {
-                out.push_str(&"    ".repeat(depth));
-                out.push_str(&d.name);
-                for a in &d.args {
-                    out.push_str(" \"");
-                    out.push_str(&a.replace('\\', "\\\\").replace('"', "\\\""));
-                    out.push('"');
-                }
-                match &d.block {
-                    None => out.push_str(";\n"),
-                    Some(b) => {
-                        out.push_str(" {\n");
-                        go(out, b, depth + 1);
-                        out.push_str(&"    ".repeat(depth));
-                        out.push_str("}\n");
-                    }
-                }
-            }
-        }
-        let mut out = String::new();
-        go(&mut out, tree, 0);
-        out
-    }
-}
+/// What the checker puts first in every server block (`check`'s contract; the design note
+/// said `disable_symlinks on`, the helper writes `if_not_owner`).
+const INJECTED: [&str; 2] = ["disable_symlinks", "if_not_owner"];
 
 const DOMAINS: [&str; 2] = ["durhack.test", "www.durhack.test"];
 const BATCH: usize = 400;
@@ -102,29 +58,11 @@ log_dir = "/var/log/nginx"
 argv = ["/usr/bin/certbot", "certonly", "--non-interactive"]
 [sites.durhack]
 domains = ["{}", "{}"]
+proxy_ports = [3000]
 "#,
         DOMAINS[0], DOMAINS[1]
     );
     Policy::parse(&toml).expect("test policy")
-}
-
-/// The checked tree: `disable_symlinks on;` first in every server block.
-fn inject_disable_symlinks(tree: &mut [Directive]) {
-    for d in tree {
-        if d.name == "server"
-            && let Some(block) = &mut d.block
-        {
-            block.insert(
-                0,
-                Directive {
-                    name: "disable_symlinks".into(),
-                    args: vec!["on".into()],
-                    block: None,
-                    line: d.line,
-                },
-            );
-        }
-    }
 }
 
 fn nodes(tree: &[Directive]) -> Vec<Node> {
@@ -370,9 +308,7 @@ fn server(rng: &mut Rng) -> String {
 
 /// Byte-level damage at a random character boundary, for what the structured generator misses.
 fn mutate(rng: &mut Rng, text: &mut String) {
-    let bounds: Vec<usize> = (0..=text.len())
-        .filter(|&i| text.is_char_boundary(i))
-        .collect();
+    let bounds: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
     let at = bounds[rng.below(bounds.len())];
     match rng.below(3) {
         0 => text.insert_str(at, &fragment(rng)),
@@ -381,10 +317,7 @@ fn mutate(rng: &mut Rng, text: &mut String) {
                 text.replace_range(at..end, "");
             }
         }
-        _ => text.insert_str(
-            at,
-            rng.pick(&["${", "${{", "$", "{", "}", "#", "\\", "\"", "'"]),
-        ),
+        _ => text.insert_str(at, rng.pick(&["${", "${{", "$", "{", "}", "#", "\\", "\"", "'"])),
     }
 }
 
@@ -426,10 +359,7 @@ fn features(text: &str) -> Vec<&'static str> {
     if !text.is_ascii() {
         out.push("non-ASCII");
     }
-    if text
-        .chars()
-        .any(|c| c.is_control() && !"\n\r\t".contains(c))
-    {
+    if text.chars().any(|c| c.is_control() && !"\n\r\t".contains(c)) {
         out.push("control");
     }
     if text.len() > 4000 {
@@ -534,7 +464,7 @@ fn compare_batch(oracle: &nginx_tree::Oracle, batch: &[Case], tally: &mut Tally)
     for (case, pair) in batch.iter().zip(trees.chunks(2)) {
         let (nginx_written, nginx_original) = (&pair[0], &pair[1]);
         tally.compared += 1;
-        let parsed = api::parse(&case.written).map(|t| nodes(&t));
+        let parsed = parse(&case.written).map(|t| nodes(&t));
         let mut checked = case.checker_tree.clone();
         for server in &mut checked {
             if server.name == b"server"
@@ -543,8 +473,8 @@ fn compare_batch(oracle: &nginx_tree::Oracle, batch: &[Case], tally: &mut Tally)
                 children.insert(
                     0,
                     Node {
-                        name: b"disable_symlinks".to_vec(),
-                        args: vec![b"on".to_vec()],
+                        name: INJECTED[0].as_bytes().to_vec(),
+                        args: vec![INJECTED[1].as_bytes().to_vec()],
                         children: None,
                     },
                 );
@@ -557,27 +487,18 @@ fn compare_batch(oracle: &nginx_tree::Oracle, batch: &[Case], tally: &mut Tally)
         if parsed.as_ref().ok() != Some(&checked) {
             let why = "parse(written) != the checked tree";
             let ours = format!("{ours}checked tree:\n{}", nginx_tree::display(&checked));
-            tally
-                .mismatches
-                .push(report(case, why, nginx_written, &ours));
+            tally.mismatches.push(report(case, why, nginx_written, &ours));
         } else if nginx_written.as_ref().ok() != Some(&checked) {
             if matches!(nginx_written, Err(e) if e.contains("too long parameter")) {
                 tally.mismatches_too_long += 1;
             }
             let why = "nginx's tree of the written text != parse(written)";
-            tally
-                .mismatches
-                .push(report(case, why, nginx_written, &ours));
+            tally.mismatches.push(report(case, why, nginx_written, &ours));
         }
         if nginx_original.as_ref().ok() != Some(&case.checker_tree) {
             tally.differing_original += 1;
             let ours = nginx_tree::display(&case.checker_tree);
-            let line = report(
-                case,
-                "nginx reads the original differently",
-                nginx_original,
-                &ours,
-            );
+            let line = report(case, "nginx reads the original differently", nginx_original, &ours);
             let too_long = matches!(nginx_original, Err(e) if e.contains("too long parameter"));
             if too_long {
                 tally.too_long += 1;
@@ -612,14 +533,14 @@ fn checker_output_reads_the_same_to_nginx() {
     for case_seed in seeds {
         let text = generate(case_seed);
         tally.generated += 1;
-        let Ok(written) = api::check(&policy, &site, &text) else {
+        let Ok(written) = check(&policy, &site, &text) else {
             continue;
         };
         tally.accepted += 1;
         for feature in features(&text) {
             *tally.coverage.entry(feature).or_default() += 1;
         }
-        let checker_tree = match api::parse(&text) {
+        let checker_tree = match parse(&text) {
             Ok(t) => nodes(&t),
             Err(e) => {
                 tally.mismatches.push(format!(
@@ -628,12 +549,7 @@ fn checker_output_reads_the_same_to_nginx() {
                 continue;
             }
         };
-        batch.push(Case {
-            seed: case_seed,
-            text,
-            written,
-            checker_tree,
-        });
+        batch.push(Case { seed: case_seed, text, written, checker_tree });
         if batch.len() == BATCH {
             compare_batch(oracle, &batch, &mut tally);
             batch.clear();
@@ -664,11 +580,7 @@ fn checker_output_reads_the_same_to_nginx() {
         tally.mismatches_too_long,
         started.elapsed().as_secs_f64()
     );
-    let coverage: Vec<String> = tally
-        .coverage
-        .iter()
-        .map(|(f, n)| format!("{f:?}={n}"))
-        .collect();
+    let coverage: Vec<String> = tally.coverage.iter().map(|(f, n)| format!("{f:?}={n}")).collect();
     eprintln!("accepted confs per feature: {}", coverage.join(" "));
     let mut failures = String::new();
     if !tally.mismatches.is_empty() {
