@@ -384,13 +384,24 @@ struct Tally {
     differing_original: usize,
     dollar_brace: usize,
     too_long: usize,
+    mismatch_count: usize,
+    /// The first few mismatches, in full.
     mismatches: Vec<String>,
-    /// Of `mismatches`, those where nginx refused a word too long for its 4 KiB buffer.
+    /// Of the mismatches, those where nginx refused a word too long for its 4 KiB buffer.
     mismatches_too_long: usize,
     /// Accepted confs per tokenizer feature in the client text.
     coverage: std::collections::BTreeMap<&'static str, usize>,
     dollar_brace_cases: Vec<String>,
     other_original: Vec<String>,
+}
+
+impl Tally {
+    fn mismatch(&mut self, report: String) {
+        self.mismatch_count += 1;
+        if self.mismatches.len() < 5 {
+            self.mismatches.push(report);
+        }
+    }
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -439,7 +450,11 @@ fn visible(text: &str) -> String {
 
 fn report(case: &Case, why: &str, nginx: &Result<Vec<Node>, String>, ours: &str) -> String {
     abbreviate(&format!(
-        "--- {why}; case seed {:#018x} (DIFFERENTIAL_CASE_SEED={:#x})\nclient text:\n{:?}\nwritten:\n{}\nnginx's tree:\n{}our tree:\n{}",
+        concat!(
+            "--- {}; case seed {:#018x} (DIFFERENTIAL_CASE_SEED={:#x})\n",
+            "client text:\n{:?}\nwritten:\n{}\nnginx's tree:\n{}our tree:\n{}"
+        ),
+        why,
         case.seed,
         case.seed,
         case.text,
@@ -487,28 +502,30 @@ fn compare_batch(oracle: &nginx_tree::Oracle, batch: &[Case], tally: &mut Tally)
         if parsed.as_ref().ok() != Some(&checked) {
             let why = "parse(written) != the checked tree";
             let ours = format!("{ours}checked tree:\n{}", nginx_tree::display(&checked));
-            tally.mismatches.push(report(case, why, nginx_written, &ours));
+            tally.mismatch(report(case, why, nginx_written, &ours));
         } else if nginx_written.as_ref().ok() != Some(&checked) {
             if matches!(nginx_written, Err(e) if e.contains("too long parameter")) {
                 tally.mismatches_too_long += 1;
             }
             let why = "nginx's tree of the written text != parse(written)";
-            tally.mismatches.push(report(case, why, nginx_written, &ours));
+            tally.mismatch(report(case, why, nginx_written, &ours));
         }
         if nginx_original.as_ref().ok() != Some(&case.checker_tree) {
             tally.differing_original += 1;
-            let ours = nginx_tree::display(&case.checker_tree);
-            let line = report(case, "nginx reads the original differently", nginx_original, &ours);
+            let line = || {
+                let ours = nginx_tree::display(&case.checker_tree);
+                report(case, "nginx reads the original differently", nginx_original, &ours)
+            };
             let too_long = matches!(nginx_original, Err(e) if e.contains("too long parameter"));
             if too_long {
                 tally.too_long += 1;
             } else if case.text.contains("${") {
                 tally.dollar_brace += 1;
                 if tally.dollar_brace_cases.len() < 10 {
-                    tally.dollar_brace_cases.push(line);
+                    tally.dollar_brace_cases.push(line());
                 }
             } else if tally.other_original.len() < 5 {
-                tally.other_original.push(line);
+                tally.other_original.push(line());
             }
         }
     }
@@ -543,9 +560,8 @@ fn checker_output_reads_the_same_to_nginx() {
         let checker_tree = match parse(&text) {
             Ok(t) => nodes(&t),
             Err(e) => {
-                tally.mismatches.push(format!(
-                    "--- the checker accepted text parse() refuses ({e}); case seed {case_seed:#018x}\n{text:?}"
-                ));
+                let why = "the checker accepted text parse() refuses";
+                tally.mismatch(format!("--- {why} ({e}); case seed {case_seed:#018x}\n{text:?}"));
                 continue;
             }
         };
@@ -576,25 +592,28 @@ fn checker_output_reads_the_same_to_nginx() {
         tally.dollar_brace,
         tally.too_long,
         tally.differing_original - tally.dollar_brace - tally.too_long,
-        tally.mismatches.len(),
+        tally.mismatch_count,
         tally.mismatches_too_long,
         started.elapsed().as_secs_f64()
     );
     let coverage: Vec<String> = tally.coverage.iter().map(|(f, n)| format!("{f:?}={n}")).collect();
     eprintln!("accepted confs per feature: {}", coverage.join(" "));
     let mut failures = String::new();
-    if !tally.mismatches.is_empty() {
+    if tally.mismatch_count > 0 {
         let _ = writeln!(
             failures,
-            "{} cases where the written conf does not read the same to nginx and to us; the first:\n{}",
-            tally.mismatches.len(),
-            tally.mismatches[..tally.mismatches.len().min(5)].join("\n")
+            "{} cases where the written conf does not read the same to nginx and to us ({} of \
+             them words nginx refuses as too long); the first:\n{}",
+            tally.mismatch_count,
+            tally.mismatches_too_long,
+            tally.mismatches.join("\n")
         );
     }
     if !tally.dollar_brace_cases.is_empty() {
         let _ = writeln!(
             failures,
-            "{} accepted confs with `${{` that nginx reads differently from the checker; the first:\n{}",
+            "{} accepted confs with `${{` that nginx reads differently from the checker; \
+             the first:\n{}",
             tally.dollar_brace,
             tally.dollar_brace_cases.join("\n")
         );
