@@ -254,7 +254,14 @@ fn inner(rng: &mut Rng, depth: usize) -> String {
         9 => (vec![w("charset"), word(rng)], None),
         10 => (vec![w("expires"), word(rng)], None),
         11 => (vec![w("root"), w("/srv/durhack/www")], None),
-        12 => (vec![w("proxy_pass"), w("http://127.0.0.1:3000")], None),
+        12 => {
+            let host = rng.pick(&["127.0.0.1", "[::1]", "localhost"]);
+            let mut url = format!("http://{host}:3000");
+            if rng.one_in(2) {
+                url = format!("{url}/{}", word(rng));
+            }
+            (vec![w("proxy_pass"), url], None)
+        }
         13 => {
             let name = rng.pick(&["autoindex", "etag", "sendfile"]);
             (vec![w(name), w("on")], None)
@@ -288,7 +295,12 @@ fn block(rng: &mut Rng, depth: usize) -> String {
 
 fn server(rng: &mut Rng) -> String {
     let mut body = space(rng);
-    body.push_str(&directive(rng, &[w("listen"), w("80")], None));
+    let listen = match rng.below(4) {
+        0 => vec![w("listen"), w("[::]:80")],
+        1 => vec![w("listen"), w("443"), w("ssl")],
+        _ => vec![w("listen"), w("80")],
+    };
+    body.push_str(&directive(rng, &listen, None));
     let mut names = vec![w("server_name")];
     for d in DOMAINS {
         if rng.one_in(2) || names.len() == 1 {
