@@ -463,13 +463,12 @@ fn visible(text: &str) -> String {
 fn report(case: &Case, why: &str, nginx: &Result<Vec<Node>, String>, ours: &str) -> String {
     abbreviate(&format!(
         concat!(
-            "--- {}; case seed {:#018x} (DIFFERENTIAL_CASE_SEED={:#x})\n",
+            "--- {}; case seed {:#x} (rerun a generated case with DIFFERENTIAL_CASE_SEED)\n",
             "client text:\n{:?}\nwritten:\n{}\nnginx's tree:\n{}our tree:\n{}"
         ),
         why,
         case.seed,
-        case.seed,
-        case.text,
+        abbreviate(&case.text),
         visible(&case.written),
         show(nginx),
         ours
@@ -543,24 +542,13 @@ fn compare_batch(oracle: &nginx_tree::Oracle, batch: &[Case], tally: &mut Tally)
     }
 }
 
-#[test]
-fn checker_output_reads_the_same_to_nginx() {
-    let Some(oracle) = nginx_tree::oracle() else {
-        return;
-    };
+/// Checks each `(seed, text)` and compares every accepted one with nginx's reading.
+fn run(oracle: &nginx_tree::Oracle, cases: impl Iterator<Item = (u64, String)>) -> Tally {
     let policy = policy();
     let site = SiteName::try_from("durhack").expect("site name");
-    let cases = env_u64("DIFFERENTIAL_CASES").unwrap_or(20_000);
-    let seed = env_u64("DIFFERENTIAL_SEED").unwrap_or(0x0d1f_f0ac_1e00_0009);
-    let seeds: Vec<u64> = match env_u64("DIFFERENTIAL_CASE_SEED") {
-        Some(one) => vec![one],
-        None => (0..cases).map(|i| splitmix(seed ^ i)).collect(),
-    };
-    let started = Instant::now();
     let mut tally = Tally::default();
     let mut batch = Vec::new();
-    for case_seed in seeds {
-        let text = generate(case_seed);
+    for (case_seed, text) in cases {
         tally.generated += 1;
         let Ok(written) = check(&policy, &site, &text) else {
             continue;
@@ -584,7 +572,11 @@ fn checker_output_reads_the_same_to_nginx() {
         }
     }
     compare_batch(oracle, &batch, &mut tally);
+    tally
+}
 
+/// Prints the summary and fails on mismatches and on `${` cases nginx reads differently.
+fn summarize(what: &str, tally: &Tally, started: Instant) {
     let mut out = String::new();
     for line in tally.other_original.iter().take(5) {
         let _ = writeln!(out, "{line}");
@@ -595,7 +587,7 @@ fn checker_output_reads_the_same_to_nginx() {
         );
     }
     eprintln!(
-        "differential: seed={seed:#x} generated={} accepted={} compared={} differing-original={} \
+        "{what}: generated={} accepted={} compared={} differing-original={} \
          (dollar-brace={} too-long={} other={}) mismatches={} (nginx-too-long={}) in {:.1}s",
         tally.generated,
         tally.accepted,
@@ -631,4 +623,63 @@ fn checker_output_reads_the_same_to_nginx() {
         );
     }
     assert!(failures.is_empty(), "{failures}");
+}
+
+#[test]
+fn checker_output_reads_the_same_to_nginx() {
+    let Some(oracle) = nginx_tree::oracle() else {
+        return;
+    };
+    let cases = env_u64("DIFFERENTIAL_CASES").unwrap_or(20_000);
+    let seed = env_u64("DIFFERENTIAL_SEED").unwrap_or(0x0d1f_f0ac_1e00_0009);
+    let seeds: Vec<u64> = match env_u64("DIFFERENTIAL_CASE_SEED") {
+        Some(one) => vec![one],
+        None => (0..cases).map(|i| splitmix(seed ^ i)).collect(),
+    };
+    let started = Instant::now();
+    let tally = run(oracle, seeds.into_iter().map(|s| (s, generate(s))));
+    summarize(&format!("differential (seed {seed:#x})"), &tally, started);
+}
+
+/// Hand-picked confs around each tokenizer rule (the "seed" in a report is the index here).
+#[test]
+fn known_tricky_confs_read_the_same() {
+    let Some(oracle) = nginx_tree::oracle() else {
+        return;
+    };
+    let long = |n: usize| "a".repeat(n);
+    let bodies = [
+        "add_header X ${{;".to_string(),
+        "add_header X a${{{b c;".into(),
+        "add_header X $${{ ;".into(),
+        "add_header X a${{# { return 200; }".into(),
+        "location /a${{# { return 200 x; }".into(),
+        "location /a${ { return 200 x; }".into(),
+        "location /a$ { return 200 x; }".into(),
+        "return 200 \"${{\";".into(),
+        "add_header X '${' \"${\";".into(),
+        "if ($a = \"b\") { return 403; }".into(),
+        "add_header X \"a\")b;".into(),
+        "add_header X a\\ b;".into(),
+        "add_header X a\\;b;".into(),
+        "add_header X a#b c#;".into(),
+        "add_header X a}b;".into(),
+        "add_header X \"a\\\"b\" 'c\\'d' e\\\\f g\\\"h;".into(),
+        "add_header X \"a;b{c}d#e\";".into(),
+        "add_header X \"é漢字😀\";".into(),
+        "add_header X\r\nY;".into(),
+        "add_header X \"\" '';".into(),
+        "add_header X \"$\";".into(),
+        "add_header X \\x\\$\\{;".into(),
+        // nginx's 4096-byte word buffer: as written, a quoted word may hold 4094 bytes.
+        format!("add_header X-A {};", long(4094)),
+        format!("add_header X-A {};", long(4095)),
+        format!("add_header X-A '{}';", "\"".repeat(2048)),
+    ];
+    let texts = bodies.iter().enumerate().map(|(i, body)| {
+        (i as u64, format!("server {{\n listen 80;\n server_name durhack.test;\n {body}\n}}\n"))
+    });
+    let started = Instant::now();
+    let tally = run(oracle, texts);
+    summarize("known tricky confs", &tally, started);
 }
