@@ -18,7 +18,8 @@
 //! next to the test binaries, in `<target>/<profile>/nginx-tree-<hash>/`, keyed by a hash of
 //! the module's source, the configure flags and `nginx -V`. It is configured with the minimum
 //! that still gives the package's module signature (`--with-compat`, PCRE on, no zlib), so it
-//! needs `nginx-dev`, a C compiler, `make` and `libpcre2-dev` (see `scripts/test.sh`).
+//! needs `nginx-dev`, a C compiler, `make` and `libpcre2-dev` (see `scripts/test.sh`) to build it;
+//! once built for this nginx, only nginx.
 //!
 //! ```no_run
 //! # use testkit::nginx_tree;
@@ -74,21 +75,12 @@ pub fn nginx_trees(files: &[PathBuf]) -> Option<Vec<Result<Vec<Node>, String>>> 
 
 fn build() -> Option<Oracle> {
     let nginx = find_program("nginx");
-    let cc = ["cc", "gcc"].into_iter().find(|p| prereq::have_program(p));
-    let src = Path::new(NGINX_SRC);
-    for (what, ok) in [
-        ("nginx", nginx.is_some()),
-        (
-            "nginx-dev (/usr/share/nginx/src/configure)",
-            src.join("configure").is_file(),
-        ),
-        ("a C compiler (gcc)", cc.is_some()),
-        ("make", prereq::have_program("make")),
-        ("libpcre2-dev", Path::new("/usr/include/pcre2.h").is_file()),
-    ] {
-        if !prereq::require(what, ok, "building the nginx tree oracle module") {
-            return None;
-        }
+    if !prereq::require(
+        "nginx",
+        nginx.is_some(),
+        "the nginx tree oracle runs nginx -t",
+    ) {
+        return None;
     }
     let nginx = nginx?;
     let version = Command::new(&nginx)
@@ -108,7 +100,23 @@ fn build() -> Option<Oracle> {
     }
     let cache = cache_root().join(format!("nginx-tree-{:016x}", fnv1a(&key)));
     let module = cache.join(MODULE_SO);
+    // The build tools are needed only when this module for this nginx is not built yet.
     if !module.is_file() {
+        let src = Path::new(NGINX_SRC);
+        let cc = ["cc", "gcc"].into_iter().any(prereq::have_program);
+        for (what, ok) in [
+            (
+                "nginx-dev (/usr/share/nginx/src/configure)",
+                src.join("configure").is_file(),
+            ),
+            ("a C compiler (gcc)", cc),
+            ("make", prereq::have_program("make")),
+            ("libpcre2-dev", Path::new("/usr/include/pcre2.h").is_file()),
+        ] {
+            if !prereq::require(what, ok, "building the nginx tree oracle module") {
+                return None;
+            }
+        }
         compile(src, &cache);
     }
     let oracle = Oracle { nginx, module };
