@@ -1,5 +1,6 @@
-//! The nginx-syntax parser and the helper's conf checker: no panic on any text, and whatever the
-//! checker accepts only names the site's domains and parses to server blocks.
+//! The nginx-syntax parser and the helper's conf checker: no panic on any text; whatever the
+//! checker accepts only names the site's domains and parses to server blocks; and what it would
+//! write reads back as exactly the checked tree (plus the injected `disable_symlinks`).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -22,6 +23,7 @@ log_dir = "/var/log/nginx"
 argv = ["/usr/bin/certbot", "certonly"]
 [sites.durhack]
 domains = ["durhack.com", "www.durhack.com"]
+proxy_ports = [3000]
 [sites.other]
 domains = ["other.com"]
 "#;
@@ -35,8 +37,17 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let parsed = nginx_syntax::parse(text);
     let site = SiteName::try_from("durhack").expect("site name");
-    if privhelper::checker::check(policy(), &site, text).is_ok() {
+    if let Ok(written) = privhelper::checker::check(policy(), &site, text) {
         let directives = parsed.expect("accepted text parses");
+        let mut expected = directives.clone();
+        for server in &mut expected {
+            let injected = nginx_syntax::parse("disable_symlinks if_not_owner;").expect("parses");
+            server.block.as_mut().expect("server block").splice(0..0, injected);
+        }
+        let reread = nginx_syntax::parse(&written).expect("the written text parses");
+        // render ignores line numbers: equal renderings are equal trees.
+        assert_eq!(nginx_syntax::render(&reread), nginx_syntax::render(&expected), "{text:?}");
+        assert!(written.ends_with(&nginx_syntax::render(&expected)));
         assert!(directives.iter().all(|d| d.name == "server" && d.block.is_some()));
         for name in nginx_syntax::server_names(&directives) {
             assert!(name == "durhack.com" || name == "www.durhack.com", "{name}");

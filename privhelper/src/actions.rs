@@ -180,10 +180,8 @@ fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains)
         return not_in_policy(site);
     };
     if let Some(d) = domains.as_slice().iter().find(|d| !allowed.domains.contains(*d)) {
-        return Response::error(
-            ErrorCode::NotAllowed,
-            format!("domain {d} is not one of site {site}'s policy domains"),
-        );
+        let why = format!("domain {d} is not one of site {site}'s policy domains");
+        return Response::error(ErrorCode::NotAllowed, why);
     }
     let cert = policy.certbot.live_dir.join(site.as_str()).join("cert.pem");
     // Exactly these names: a certificate for more or fewer would be replaced by certbot, so
@@ -205,10 +203,7 @@ fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains)
     }
     runs.push(Instant::now());
     let mut extra = vec!["--cert-name".to_string(), site.to_string()];
-    for d in domains.as_slice() {
-        extra.push("-d".into());
-        extra.push(d.to_string());
-    }
+    extra.extend(domains.as_slice().iter().flat_map(|d| ["-d".to_string(), d.to_string()]));
     match command::run(&policy.certbot.command, &extra) {
         Ok(out) => Response::Done {
             outcome: Outcome::CertificateIssued,
@@ -226,12 +221,11 @@ fn valid_certificate_names(policy: &Policy, cert: &Path) -> Vec<String> {
         return Vec::new();
     }
     let window = policy.certbot.renew_before.as_secs().to_string();
-    let argv = [&*policy.certbot.openssl.to_string_lossy(), "x509", "-noout", "-checkend", &window];
-    let openssl = crate::policy::Command {
-        argv: argv.into_iter().chain(["-ext", "subjectAltName", "-in"]).map(String::from).collect(),
-        env: Default::default(),
-        timeout: Duration::from_secs(30),
-    };
+    let openssl = policy.certbot.openssl.display().to_string();
+    let argv = [&*openssl, "x509", "-noout", "-checkend", &window, "-ext", "subjectAltName", "-in"];
+    let argv = argv.map(String::from).into();
+    let openssl =
+        crate::policy::Command { argv, env: Default::default(), timeout: Duration::from_secs(30) };
     let out = command::run(&openssl, &[cert.display().to_string()]).unwrap_or_default();
     let names = out.split([',', '\n']).filter_map(|part| part.trim().strip_prefix("DNS:"));
     names.map(str::to_string).collect()

@@ -67,11 +67,9 @@ pub fn check(policy: &Policy, site: &SiteName, text: &str) -> Result<String, Str
         let Some(block) = &mut d.block else {
             return Err(refuse(d, "server must be a block"));
         };
+        // A nameless server would catch other hosts.
         if !block.iter().any(|d| d.name == "server_name") {
-            return Err(refuse(
-                d,
-                "every server block needs a server_name (a nameless server would catch other hosts)",
-            ));
+            return Err(refuse(d, "every server block needs a server_name"));
         }
         let ctx = Ctx {
             policy,
@@ -159,9 +157,7 @@ impl Ctx<'_> {
             "server_name" if d.args.is_empty() => Err(refuse(d, "needs at least one name")),
             "server_name" => match d.args.iter().find(|a| !self.domains.contains(&a.as_str())) {
                 Some(other) => {
-                    let why =
-                        format!("{other:?} is not one of site {}'s policy domains", self.site);
-                    Err(refuse(d, &why))
+                    Err(refuse(d, &format!("{other:?} is not a domain of site {}", self.site)))
                 }
                 None => Ok(()),
             },
@@ -180,21 +176,15 @@ impl Ctx<'_> {
 
     /// Every variable in `args` is one of [`FILE_VARS`], `extra`, or a clean capture.
     fn vars(&self, d: &Directive, args: &[String], extra: &[&str]) -> Result<(), String> {
-        for arg in args {
-            for var in variables(arg) {
-                let capture = var.len() == 1 && var.as_bytes()[0].is_ascii_digit();
-                let allowed = FILE_VARS.contains(&var)
-                    || extra.contains(&var)
-                    || (capture && self.clean_captures);
-                if !allowed {
-                    let why = format!(
-                        "${var} is not allowed here: it may carry raw client input into a path or URL"
-                    );
-                    return Err(refuse(d, &why));
-                }
-            }
+        let capture = |v: &str| v.len() == 1 && v.as_bytes()[0].is_ascii_digit();
+        let allowed = |v: &str| {
+            FILE_VARS.contains(&v) || extra.contains(&v) || capture(v) && self.clean_captures
+        };
+        match args.iter().flat_map(|a| variables(a)).find(|v| !allowed(v)) {
+            // It may carry raw client input into a path or URL.
+            Some(var) => Err(refuse(d, &format!("${var} is not allowed here"))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// `if (-f $x)` and friends name files: the same variables as `try_files`.

@@ -26,36 +26,21 @@ fn failure(output: String) -> Failure {
 
 /// Runs `cmd` with `extra` arguments appended.
 pub fn run(cmd: &Command, extra: &[String]) -> Result<String, Failure> {
-    let (reader, writer) = match std::io::pipe() {
-        Ok(p) => p,
-        Err(e) => return Err(failure(format!("cannot create a pipe: {e}"))),
-    };
-    let writer2 = match writer.try_clone() {
-        Ok(w) => w,
-        Err(e) => return Err(failure(format!("cannot create a pipe: {e}"))),
-    };
     let Some((program, args)) = cmd.argv.split_first() else {
         return Err(failure("empty argv".into()));
     };
-    let mut process = Process::new(program);
-    process
-        .args(args)
-        .args(extra)
-        .env_clear()
-        .envs(&cmd.env)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(writer2)
+    let spawned = (|| {
+        let (reader, writer) = std::io::pipe()?;
+        let mut process = Process::new(program);
+        process.args(args).args(extra).env_clear().envs(&cmd.env).current_dir("/");
+        process.stdin(Stdio::null()).stderr(writer.try_clone()?).stdout(writer);
         // Its own process group, so a timeout kills what it started too.
-        .process_group(0);
-    let child = process.spawn();
-    // Our copies of the write end must go before we read, or EOF never comes.
-    drop(process);
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return Err(failure(format!("cannot run {program}: {e}"))),
-    };
+        process.process_group(0);
+        // `process` (and our copies of the pipe's write end) goes here: EOF can come.
+        Ok((process.spawn()?, reader))
+    })();
+    let (mut child, reader) =
+        spawned.map_err(|e: std::io::Error| failure(format!("cannot run {program}: {e}")))?;
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut reader = reader;

@@ -46,7 +46,7 @@ struct RawCertbot {
     openssl: Option<PathBuf>,
     renew_before_days: Option<u64>,
     timeout_secs: Option<u64>,
-    max_runs_per_hour: Option<u32>,
+    max_runs_per_hour: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -212,12 +212,8 @@ impl Policy {
                 renew_before: Duration::from_secs(
                     bounded("certbot.renew_before_days", c.renew_before_days, 30, 89)? * 86_400,
                 ),
-                max_runs_per_hour: bounded(
-                    "certbot.max_runs_per_hour",
-                    c.max_runs_per_hour.map(u64::from),
-                    3,
-                    20,
-                )? as u32,
+                max_runs_per_hour: bounded("certbot.max_runs_per_hour", c.max_runs_per_hour, 3, 20)?
+                    as u32,
             },
             sites,
         })

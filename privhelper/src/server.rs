@@ -131,7 +131,7 @@ pub fn drop_privileges() -> Result<(), String> {
 /// queue up in front of a request.
 const MAX_OPEN: usize = 64;
 
-type Job<'a> = (UnixStream, Request, (u32, i32), Instant);
+type Job = (UnixStream, Request, (u32, i32), Instant);
 
 /// Reads requests concurrently (one thread per connection, each under one deadline, at most
 /// [`MAX_OPEN`]) and executes them one at a time on a single thread, forever. `Hello` has no
@@ -206,21 +206,7 @@ fn receive(policy: &Policy, stream: UnixStream, jobs: &mpsc::SyncSender<Job>) {
                 }
                 return;
             }
-            Err(e) => {
-                let code = match &e {
-                    FrameError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
-                    FrameError::Io(io)
-                        if matches!(
-                            io.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        ErrorCode::Timeout
-                    }
-                    _ => ErrorCode::Malformed,
-                };
-                Response::error(code, e.to_string())
-            }
+            Err(e) => Response::error(ErrorCode::from(&e), e.to_string()),
         }
     };
     let verb = if matches!(response, Response::Hello { .. }) { "hello" } else { "-" };
@@ -246,6 +232,11 @@ fn respond(
             format!("error: {code}: {}", detail.as_str().lines().next().unwrap_or(""))
         }
     };
+    // The one log line per request, written before the peer can see the answer.
+    let (peer_uid, peer_pid, ms) = (peer.0, peer.1, started.elapsed().as_millis());
+    crate::info!(
+        "peer_uid={peer_uid} peer_pid={peer_pid} verb={verb} site={site:?} decision={decision:?} duration_ms={ms}"
+    );
     let written =
         frame::write(&mut stream, response).and_then(|()| stream.flush().map_err(FrameError::Io));
     if let Some(until) = drain_until {
@@ -253,17 +244,7 @@ fn respond(
         let reader = Deadline { stream: &stream, until };
         let _ = io::copy(&mut reader.take(MAX_FRAME_BYTES as u64), &mut io::sink());
     }
-    log_request(peer, verb, site, &decision, started);
     if let Err(e) = written {
-        crate::warning!("peer_pid={} could not send the response: {e}", peer.1);
+        crate::warning!("peer_pid={peer_pid} could not send the response: {e}");
     }
-}
-
-/// The one log line per request.
-fn log_request(peer: (u32, i32), verb: &str, site: &str, decision: &str, started: Instant) {
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let (peer_uid, peer_pid) = peer;
-    crate::info!(
-        "peer_uid={peer_uid} peer_pid={peer_pid} verb={verb} site={site:?} decision={decision:?} duration_ms={duration_ms}"
-    );
 }

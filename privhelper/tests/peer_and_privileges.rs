@@ -81,7 +81,9 @@ fn a_client_running_as_another_uid_is_refused_and_nothing_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     let hex = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !hex.is_empty() {
+    // The refusal arrives even though the client sent its request first (no reset).
+    assert!(!hex.is_empty(), "no PeerRefused frame reached the client");
+    {
         let bytes: Vec<u8> = (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
@@ -182,6 +184,37 @@ fn check_subcommand_prints_what_the_policy_allows_and_refuses_unsafe_files() {
     let out = check();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("writable"));
+    std::fs::set_permissions(nginx.sites_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(check().status.success());
+
+    // And a directory above either: whoever may rename it may swap what is below (review
+    // finding 7: only the file itself used to be checked).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o775)).unwrap();
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(&dir.path().display().to_string()),
+        "{stderr}"
+    );
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(nginx.prefix(), std::fs::Permissions::from_mode(0o775)).unwrap();
+    assert!(!check().status.success(), "the conf dir's parent is group-writable");
+    std::fs::set_permissions(nginx.prefix(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // The socket is chowned and chmodded by path, so the helper binds only in a directory no
+    // one else can change.
+    let open_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(&policy, spec.to_toml(&nginx, &open_dir.path().join("s.sock"))).unwrap();
+    let out = Command::new(testkit::privhelper::binary())
+        .arg("--policy")
+        .arg(&policy)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("writable"), "{stderr}");
+    assert!(!open_dir.path().join("s.sock").exists());
 }
 
 #[test]

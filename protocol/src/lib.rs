@@ -41,7 +41,7 @@ pub enum Request {
     /// `nginx -t`, then the policy's reload command.
     ReloadNginx,
     /// Obtain a certificate named `site` covering `domains` (all of them the site's policy
-    /// domains), unless a valid one already covers them.
+    /// domains), unless a valid one with exactly these names exists.
     IssueCertificate { site: SiteName, domains: Domains },
 }
 
@@ -87,7 +87,7 @@ pub enum Outcome {
     SiteAbsent,
     Reloaded,
     CertificateIssued,
-    /// A certificate covering the domains and not close to expiry exists; certbot did not run.
+    /// A certificate with exactly these domains, not close to expiry, exists; certbot did not run.
     CertificateStillValid,
 }
 
@@ -112,6 +112,24 @@ pub enum ErrorCode {
     Timeout,
     /// Something on the helper's side went wrong (I/O error and the like).
     Internal,
+}
+
+impl From<&FrameError> for ErrorCode {
+    /// How a server answers a request frame it could not read.
+    fn from(e: &FrameError) -> ErrorCode {
+        match e {
+            FrameError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
+            FrameError::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                ErrorCode::Timeout
+            }
+            _ => ErrorCode::Malformed,
+        }
+    }
 }
 
 impl std::fmt::Display for ErrorCode {
