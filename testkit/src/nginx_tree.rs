@@ -476,38 +476,45 @@ mod tests {
         assert_eq!(got[3], Ok(vec![n("ok", &[], None)]));
     }
 
-    /// nginx reads a conf through a 4096-byte buffer (`NGX_CONF_BUFFER`); a word must fit in it
-    /// together with the character after it. So a quoted word's content (as written, escapes
-    /// included) may be at most 4094 bytes, a bare word or a comment at most 4095.
+    /// nginx reads a conf through a 4096-byte buffer (`NGX_CONF_BUFFER`), and a word's start is
+    /// forgotten only when the next token starts: the word, the characters after it up to and
+    /// including the next token's first one (or the `;`/`{` ending it) must fit in 4096 bytes.
+    /// So a quoted word's content (as written, escapes included) is safe up to 4093 bytes
+    /// (`"…" x`, `"…" {`), and 4094 only right before `;`; a bare word up to 4094 (4095 right
+    /// before `;`); a comment up to 4095 bytes with its `#`.
     #[test]
     fn nginx_refuses_words_that_do_not_fit_its_buffer() {
-        let quoted = |n: usize| format!("a \"{}\";\n", "b".repeat(n)).into_bytes();
-        let bare = |n: usize| format!("a {};\n", "b".repeat(n)).into_bytes();
-        let comment = |n: usize| format!("a;\n#{}\nz;\n", "c".repeat(n - 1)).into_bytes();
-        let escaped = |n: usize| format!("a \"{}\";\n", "\\\\".repeat(n / 2)).into_bytes();
-        let texts = [
-            quoted(4094),
-            quoted(4095),
-            bare(4095),
-            bare(4096),
-            comment(4095),
-            comment(4096),
-            escaped(4094),
-            escaped(4096),
+        let b = |n: usize| "b".repeat(n);
+        let cases: Vec<(String, bool)> = vec![
+            (format!("a \"{}\";\n", b(4094)), true),
+            (format!("a \"{}\";\n", b(4095)), false),
+            (format!("a \"{}\" x;\n", b(4093)), true),
+            (format!("a \"{}\" x;\n", b(4094)), false),
+            (format!("a \"{}\" {{}}\n", b(4093)), true),
+            (format!("a \"{}\" {{}}\n", b(4094)), false),
+            (format!("a {};\n", b(4095)), true),
+            (format!("a {};\n", b(4096)), false),
+            (format!("a {} x;\n", b(4094)), true),
+            (format!("a {} x;\n", b(4095)), false),
+            (format!("a;\n#{}\nz;\n", "c".repeat(4094)), true),
+            (format!("a;\n#{}\nz;\n", "c".repeat(4095)), false),
+            (format!("a \"{}\" x;\n", "\\\\".repeat(2046) + "b"), true),
+            (format!("a \"{}\" x;\n", "\\\\".repeat(2047)), false),
         ];
-        let texts: Vec<&[u8]> = texts.iter().map(|t| t.as_slice()).collect();
+        let texts: Vec<&[u8]> = cases.iter().map(|(t, _)| t.as_bytes()).collect();
         let Some(got) = trees(&texts) else {
             return;
         };
-        let ok: Vec<bool> = got.iter().map(|t| t.is_ok()).collect();
-        assert_eq!(
-            ok,
-            [true, false, true, false, true, false, true, false],
-            "{got:?}"
-        );
-        let err = got[1].as_ref().expect_err("too long");
-        assert!(err.contains("too long parameter"), "{err}");
-        // 4094 bytes as written are 2047 backslashes once unescaped.
-        assert_eq!(got[6].as_ref().unwrap()[0].args[0], vec![b'\\'; 2047]);
+        for ((text, ok), got) in cases.iter().zip(&got) {
+            let shown = format!("{:?}…{:?}", &text[..4], &text[text.len() - 6..]);
+            assert_eq!(got.is_ok(), *ok, "{} bytes, {shown}: {got:?}", text.len());
+            if let Err(e) = got {
+                assert!(e.contains("too long parameter"), "{e}");
+            }
+        }
+        // 4093 bytes as written: 2046 backslashes and a "b" once unescaped.
+        let mut want = vec![b'\\'; 2046];
+        want.push(b'b');
+        assert_eq!(got[12].as_ref().unwrap()[0].args[0], want);
     }
 }
