@@ -23,6 +23,9 @@
 //! - `DIFFERENTIAL_SEED`: the run's seed (default fixed, so CI is reproducible; printed).
 //! - `DIFFERENTIAL_CASE_SEED`: run only the case with this seed (as printed on a mismatch).
 //!
+//! The summary line (generated, accepted, compared, differing-original, mismatches) and the
+//! per-feature coverage line go to stderr: add `-- --nocapture` to see them when the test passes.
+//!
 //! Needs nginx, nginx-dev, a C compiler, make and libpcre2-dev for the oracle (a loud skip
 //! without them; a failure under CI=true).
 
