@@ -49,14 +49,10 @@ fn failed(f: Failure, code: ErrorCode, note: &str) -> Response {
 
 /// Reads the current conf without following a symlink planted in its place.
 fn read_current(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let file = OpenOptions::new().read(true).custom_flags(OFlag::O_NOFOLLOW.bits()).open(path);
-    match file {
-        Ok(f) => {
-            let mut buf = Vec::new();
-            // Bounded: a conf we wrote is at most 64 KiB; anything bigger was not ours.
-            f.take(1024 * 1024).read_to_end(&mut buf)?;
-            Ok(Some(buf))
-        }
+    let mut buf = Vec::new();
+    match OpenOptions::new().read(true).custom_flags(OFlag::O_NOFOLLOW.bits()).open(path) {
+        // Bounded: what we write is well under 1 MiB; anything bigger was not ours.
+        Ok(f) => f.take(1024 * 1024).read_to_end(&mut buf).map(|_| Some(buf)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -192,13 +188,22 @@ fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains)
         let detail = format!("{} has exactly these domains", cert.display());
         return Response::done(Outcome::CertificateStillValid, detail);
     }
+    // Never drop a policy domain from a valid certificate (alternating sets would shrink the
+    // live lineage and burn Let's Encrypt's limits); drop it from the policy first.
+    if let Some(kept) = names
+        .iter()
+        .find(|n| !wanted.contains(*n) && allowed.domains.iter().any(|d| d.as_str() == *n))
+    {
+        let why = format!("{kept} is on the valid certificate and in the policy: request it too");
+        return Response::error(ErrorCode::NotAllowed, why);
+    }
+    // certbot runs this hour, failed ones included. With the two rules above, a site gets a
+    // new certificate only for a set that grows, or once the old one nears its end.
     let runs = state.certbot_runs.entry(site.clone()).or_default();
     runs.retain(|t| t.elapsed() < Duration::from_secs(3600));
-    if runs.len() >= policy.certbot.max_runs_per_hour as usize {
-        let max = policy.certbot.max_runs_per_hour;
-        let why = format!(
-            "certbot already ran {max} times for site {site} in the last hour (certbot.max_runs_per_hour); try later"
-        );
+    let max = policy.certbot.max_runs;
+    if runs.len() >= max as usize {
+        let why = format!("certbot ran {max} times for site {site} this hour (max_runs_per_hour)");
         return Response::error(ErrorCode::NotAllowed, why);
     }
     runs.push(Instant::now());

@@ -8,7 +8,7 @@
 //! every server: nginx never reads a byte the client wrote, so a tokenizer disagreement between
 //! this parser and nginx cannot hide anything.
 
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use protocol::SiteName;
 use protocol::nginx_syntax::{self, Directive, variables};
@@ -29,14 +29,14 @@ const ALLOWED: &str = "\
     ssl_certificate_key ssl_protocols ssl_ciphers ssl_prefer_server_ciphers \
     ssl_session_timeout ssl_session_tickets include access_log error_log";
 
-/// Variables allowed where a file is named relative to the root (`try_files`, `index`,
-/// `error_page`, `rewrite`, `if -f`): nginx normalises `$uri` (no `..`, no `//`), and the others
-/// derive from it and the fixed root. `$1`..`$9` only while no `if` matches a regex against
-/// anything else (see [`nginx_syntax::captures_come_from_uri`]). `$args`, `$arg_*`, `$http_*`, `$cookie_*`,
-/// `$request_uri` (raw) and variables made with `set` are client-controlled: refused there.
+/// Variables allowed where nginx maps a URI to a file (`try_files`, `index`, `error_page`,
+/// `if -f`): normalised by nginx and starting with `/`, so no mix of them with literal text that
+/// has no `..` can form a `..` segment. Captures are not among them: `^/(..)x$` captures `..`.
+/// `$args`, `$arg_*`, `$http_*`, `$cookie_*`, `$request_uri` (raw) and `set` variables carry
+/// raw client input.
 const FILE_VARS: &[&str] = &["uri", "document_uri", "document_root", "request_filename"];
-/// Also allowed in a redirect's URL (`return 3xx`): they choose where the client goes, not what
-/// nginx reads.
+/// Also allowed in a redirect's URL (with `$1`..`$9`), after a host that is literal or `$host`
+/// (see [`anchored`]): they choose where on this site the client goes, not what nginx reads.
 const REDIRECT_VARS: &[&str] =
     &["scheme", "host", "server_name", "server_port", "request_uri", "is_args", "args"];
 
@@ -67,25 +67,23 @@ pub fn check(policy: &Policy, site: &SiteName, text: &str) -> Result<String, Str
         let Some(block) = &mut d.block else {
             return Err(refuse(d, "server must be a block"));
         };
-        // A nameless server would catch other hosts.
-        if !block.iter().any(|d| d.name == "server_name") {
-            return Err(refuse(d, "every server block needs a server_name"));
+        // A nameless server would catch other hosts; one without `listen` gets nginx's `*:80`.
+        for needed in ["server_name", "listen"] {
+            if !block.iter().any(|d| d.name == needed) {
+                return Err(refuse(d, &format!("every server block needs a {needed}")));
+            }
         }
         let ctx = Ctx {
             policy,
             site,
             domains: s.domains.iter().map(|d| d.as_str()).collect(),
             proxy_ports: &s.proxy_ports,
-            clean_captures: nginx_syntax::captures_come_from_uri(block),
         };
         ctx.block(block, None)?;
         let [name, arg] = INJECTED.map(String::from);
-        let line = d.line;
-        let injected = Directive { name, args: vec![arg], block: None, line };
-        block.insert(0, injected);
+        block.insert(0, Directive { name, args: vec![arg], block: None, line: 0 });
     }
-    let header =
-        format!("# written by durhack-privhelper for site {site}; edits are overwritten\n");
+    let header = format!("# written by durhack-privhelper for site {site}; edits are lost\n");
     Ok(header + &nginx_syntax::render(&directives))
 }
 
@@ -98,7 +96,6 @@ struct Ctx<'a> {
     site: &'a SiteName,
     domains: Vec<&'a str>,
     proxy_ports: &'a [u16],
-    clean_captures: bool,
 }
 
 impl Ctx<'_> {
@@ -138,20 +135,35 @@ impl Ctx<'_> {
                 Some(loc) if nginx_syntax::alias_fits(&loc.args, first) => {
                     self.path_under(d, first, &p.allowed_roots)
                 }
-                _ => Err(refuse(
-                    d,
-                    "only in a location; in a prefix location, both must end with \"/\"",
-                )),
+                _ => Err(refuse(d, "only in a location, both ending in \"/\" for a prefix")),
             },
-            "include" => self.path_under(d, first, &[&p.snippets_dir]),
+            "include" => self.path_under(d, first, std::slice::from_ref(&p.snippets_dir)),
             "ssl_certificate" | "ssl_certificate_key" => {
-                self.path_under(d, first, &[&p.certbot.live_dir.join(self.site.as_str())])
+                self.path_under(d, first, &[p.certbot.live_dir.join(self.site.as_str())])
             }
             "access_log" if first == "off" => Ok(()),
-            "access_log" | "error_log" => self.path_under(d, first, &[&p.log_dir]),
+            // One fixed file each: nginx -t (as root) creates every log file a conf names.
+            "access_log" | "error_log" => {
+                let file =
+                    p.log_dir.join(format!("{}.{}.log", self.site, &d.name[..d.name.len() - 4]));
+                match Path::new(first) == file {
+                    true => Ok(()),
+                    false => Err(refuse(d, &format!("the only log file is {}", file.display()))),
+                }
+            }
             "listen" if p.listen.contains(&d.args.join(" ")) => Ok(()),
             "listen" => Err(refuse(d, &format!("allowed forms: {}", p.listen.join(", ")))),
-            "proxy_pass" => self.upstream(d, first),
+            // `proxy_pass http://<loopback>:<port>[/path]`, the port one of the site's.
+            "proxy_pass" => match nginx_syntax::loopback_port(first) {
+                Some(port) if self.proxy_ports.contains(&port) => Ok(()),
+                _ => Err(refuse(
+                    d,
+                    &format!(
+                        "only http://127.0.0.1|[::1]|localhost:PORT[/path], PORT in {:?}",
+                        self.proxy_ports
+                    ),
+                )),
+            },
             "proxy_redirect" if matches!(first, "off" | "default") => Ok(()),
             "proxy_redirect" => Err(refuse(d, "only \"off\" or \"default\"")),
             "server_name" if d.args.is_empty() => Err(refuse(d, "needs at least one name")),
@@ -161,25 +173,52 @@ impl Ctx<'_> {
                 }
                 None => Ok(()),
             },
-            "try_files" | "index" | "error_page" => self.vars(d, &d.args, &[]),
-            "rewrite" => self.vars(d, &d.args[1.min(d.args.len())..], &[]),
-            "return" if d.args.len() == 1 || first.starts_with('3') => {
-                self.vars(d, &[last.to_string()], REDIRECT_VARS)
+            "try_files" | "index" | "error_page" => self.vars(d, &d.args, false),
+            // An internal rewrite sets the URI later mapped to a file: no variables at all (a
+            // capture, or `$uri` plus dots, can climb out); a redirect only names a place.
+            "rewrite" => match d.args.get(1) {
+                Some(to) if redirects(to, last) => self.vars(d, std::slice::from_ref(to), true),
+                Some(to) if to.contains('$') => {
+                    Err(refuse(d, "an internal rewrite takes no variables"))
+                }
+                Some(to) => self.vars(d, std::slice::from_ref(to), false),
+                None => Ok(()),
+            },
+            // `return URL` or `return 3xx URL` (nginx reads "0301" as 301).
+            "return" if first.parse::<u16>().map_or(true, |c| (300..400).contains(&c)) => {
+                self.vars(d, std::slice::from_ref(&last.to_string()), true)
             }
             "set" if first.strip_prefix('$').is_some_and(|v| FILE_VARS.contains(&v)) => {
                 Err(refuse(d, "may not change a variable paths are built from"))
             }
-            "if" => self.condition(d),
+            // `if (-f $x)` and friends name files: the same variables as `try_files`.
+            "if" if d
+                .args
+                .iter()
+                .any(|a| matches!(a.trim_start_matches(['(', '!']), "-f" | "-d" | "-e" | "-x")) =>
+            {
+                self.vars(d, &d.args, false)
+            }
             _ => Ok(()),
         }
     }
 
-    /// Every variable in `args` is one of [`FILE_VARS`], `extra`, or a clean capture.
-    fn vars(&self, d: &Directive, args: &[String], extra: &[&str]) -> Result<(), String> {
+    /// No `..` and only [`FILE_VARS`] in `args`; for a redirect, also [`REDIRECT_VARS`] and
+    /// captures, after an [`anchored`] start.
+    fn vars(&self, d: &Directive, args: &[String], redirect: bool) -> Result<(), String> {
         let capture = |v: &str| v.len() == 1 && v.as_bytes()[0].is_ascii_digit();
         let allowed = |v: &str| {
-            FILE_VARS.contains(&v) || extra.contains(&v) || capture(v) && self.clean_captures
+            FILE_VARS.contains(&v) || redirect && (REDIRECT_VARS.contains(&v) || capture(v))
         };
+        if redirect && !args.iter().all(|a| anchored(a)) {
+            return Err(refuse(
+                d,
+                "a redirect must start with a path, or a scheme and a fixed host",
+            ));
+        }
+        if !redirect && args.iter().any(|a| a.contains("..")) {
+            return Err(refuse(d, "\"..\" is not allowed here"));
+        }
         match args.iter().flat_map(|a| variables(a)).find(|v| !allowed(v)) {
             // It may carry raw client input into a path or URL.
             Some(var) => Err(refuse(d, &format!("${var} is not allowed here"))),
@@ -187,60 +226,48 @@ impl Ctx<'_> {
         }
     }
 
-    /// `if (-f $x)` and friends name files: the same variables as `try_files`.
-    fn condition(&self, d: &Directive) -> Result<(), String> {
-        let file_test = d.args.iter().any(|a| {
-            let op = a.trim_start_matches('(').trim_start_matches('!');
-            matches!(op, "-f" | "-d" | "-e" | "-x")
-        });
-        match file_test {
-            true => self.vars(d, &d.args, &[]),
-            false => Ok(()),
-        }
-    }
-
-    /// `proxy_pass http://<loopback>:<port>[/path]`, the port one of the site's `proxy_ports`.
-    fn upstream(&self, d: &Directive, url: &str) -> Result<(), String> {
-        match nginx_syntax::loopback_port(url) {
-            Some(port) if self.proxy_ports.contains(&port) => Ok(()),
-            _ => Err(refuse(
-                d,
-                &format!(
-                    "only http://127.0.0.1:PORT, [::1]:PORT or localhost:PORT (a path without variables may follow), PORT one of {:?}",
-                    self.proxy_ports
-                ),
-            )),
-        }
-    }
-
     /// `arg` must be an absolute, variable-free path without `..` inside one of `roots` (a served
     /// directory may be the root itself; files must be below it).
-    fn path_under<P: AsRef<Path>>(
-        &self,
-        d: &Directive,
-        arg: &str,
-        roots: &[P],
-    ) -> Result<(), String> {
-        if arg.contains('$') {
-            return Err(refuse(d, "variables are not allowed in paths"));
-        }
+    fn path_under(&self, d: &Directive, arg: &str, roots: &[PathBuf]) -> Result<(), String> {
         let path = Path::new(arg);
-        if !path.is_absolute() {
-            return Err(refuse(d, "path must be absolute"));
-        }
-        if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-            || arg.contains("..")
-        {
-            return Err(refuse(d, "path must not contain .. or ."));
+        let dotted =
+            path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir));
+        if arg.contains(['$']) || arg.contains("..") || dotted || !path.is_absolute() {
+            return Err(refuse(d, "a path must be absolute, without variables, . or .."));
         }
         let may_equal = matches!(d.name.as_str(), "root" | "alias");
-        let inside = |root: &P| path.starts_with(root) && (may_equal || path != root.as_ref());
-        if roots.iter().any(inside) {
+        if roots.iter().any(|root| path.starts_with(root) && (may_equal || path != root)) {
             return Ok(());
         }
-        let shown: Vec<String> = roots.iter().map(|r| r.as_ref().display().to_string()).collect();
+        let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
         Err(refuse(d, &format!("{arg} is outside {}", shown.join(", "))))
     }
+}
+
+/// Whether `rewrite … to flag` answers with a redirect (nginx's rule) rather than a new URI.
+fn redirects(to: &str, flag: &str) -> bool {
+    ["http://", "https://", "$scheme"].iter().any(|s| to.starts_with(s))
+        || matches!(flag, "redirect" | "permanent")
+}
+
+/// Whether a redirect's target stays on a host the conf names: a path whose first segment is
+/// literal (`//x`, `/\x` and `/$x` could name another host), or a scheme, then a literal host,
+/// `$host` or `$server_name`, ending before any other variable (`https://$host$args` with
+/// `?@evil` would not).
+fn anchored(url: &str) -> bool {
+    let Some(rest) = ["http://", "https://", "$scheme://"].iter().find_map(|s| url.strip_prefix(s))
+    else {
+        return url.starts_with('/') && !url[1..].starts_with(['/', '\\', '$']);
+    };
+    let rest = ["$host", "$server_name", "$server_port"]
+        .iter()
+        .fold(rest.to_string(), |r, v| r.replace(v, "h"));
+    let end = rest.find(['/', '?', '#', '$', '@', '\\']).unwrap_or(rest.len());
+    let after = &rest[end..];
+    end > 0
+        && (after.is_empty()
+            || after.starts_with(['/', '?', '#'])
+            || after.starts_with("$request_uri"))
 }
 
 #[cfg(test)]
@@ -294,7 +321,7 @@ mod tests {
         let written = check(&p, &site(), text).unwrap();
         assert_eq!(
             written,
-            "# written by durhack-privhelper for site durhack; edits are overwritten\n\
+            "# written by durhack-privhelper for site durhack; edits are lost\n\
              server {\n    disable_symlinks \"if_not_owner\";\n    listen \"80\";\n    server_name \"durhack.com\";\n    \
              root \"/srv/durhack\";\n    location \"/\" {\n        add_header \"X\" \"a\\\"b${x}\";\n    }\n}\n"
         );
@@ -313,8 +340,13 @@ mod tests {
         for body in [
             "location /img/ { alias /srv/durhack/img/; }",
             "location = /favicon.ico { alias /srv/durhack/f.ico; }",
-            "location ~ ^/x/(.*)$ { try_files /$1 =404; }",
             "rewrite ^/old/(.*)$ /new/$1 permanent;",
+            "rewrite ^/old/(.*)$ https://$host/new/$1;",
+            "rewrite ^/old$ /new last;",
+            "return 302 /login$is_args$args;",
+            "return https://durhack.com$request_uri;",
+            "return 301 $scheme://$host:$server_port/x?$args;",
+            "try_files $uri $uri.html $uri/index.html /index.html;",
             "return 301 https://$host$request_uri;",
             "return 200 \"$arg_x is echoed, not a path\";",
             "proxy_pass http://127.0.0.1:3000/api/;",
@@ -366,6 +398,24 @@ mod tests {
             "if (-f /srv/durhack/$arg_x) { return 200; }",
             "return 301 $arg_to;",
             "set $uri /x;",
+            // A capture can be "..": GET /..x against ^/(..)x$ (the second review).
+            "location ~ ^/x/(.*)$ { try_files /$1 =404; }",
+            "location / { try_files $uri../$uri../etc/passwd =404; }",
+            "rewrite ^ $uri/.;",
+            "rewrite ^/(.*)$ /$1 last;",
+            "rewrite ^ /x/../../etc/passwd break;",
+            // Redirect targets anchored on this site's host.
+            "return 0301 $arg_to;",
+            "return 301 $args;",
+            "return 301 https://$args;",
+            "return 301 https://$host$args;",
+            "return 302 //$host/x;",
+            "return 302 /$request_uri;",
+            "return 302 /\\evil.example;",
+            "rewrite ^/(.*)$ $scheme://$1 permanent;",
+            // One log file of each kind, named after the site.
+            "access_log /var/log/nginx/x1;",
+            "error_log /var/log/nginx/durhack.access.log;",
             // alias off by a slash, and alias outside a location.
             "location /img { alias /srv/durhack/; }",
             "location /img/ { alias /srv/durhack; }",
@@ -461,6 +511,7 @@ mod tests {
             "server durhack.com { server_name durhack.com; }",
             "server;",
             "server { listen 80; }",
+            "server { server_name durhack.com; }",
             "server { server_name durhack.com; ",
             "server { server_name durhack.com; } }",
             "server { server_name durhack.com }",
@@ -475,5 +526,55 @@ mod tests {
         // Another site's domain, even as that site's only name.
         let other = SiteName::try_from("other").unwrap();
         assert!(check(&p, &other, &server("")).is_err());
+    }
+
+    #[test]
+    fn review_dot_dot_built_from_variables_is_refused() {
+        let p = policy();
+        let mut accepted = Vec::new();
+        for body in [
+            // `$uri` is "/" for GET /, so `$uri..` is "/..".
+            "location = / { try_files $uri../$uri../etc/passwd =404; }",
+            "location = / { index $uri../$uri../etc/passwd; }",
+            // A capture is a substring of $uri: GET /..x captures "..".
+            "location ~ ^/(..)x$ { try_files /$1/$1/etc/passwd =404; }",
+            "location ~ ^/(..)x$ { error_page 404 /$1/$1/etc/passwd; return 404; }",
+            "rewrite ^/(..)x$ /$1/$1/etc/passwd;",
+            // Rewriting $uri one dot at a time: /q -> /q/. -> /q/.. -> ...
+            "location /q { rewrite ^ $uri/.; rewrite ^ $uri.; rewrite ^ $uri/etc/passwd break; try_files $uri =404; }",
+        ] {
+            if check(&p, &site(), &server(body)).is_ok() {
+                accepted.push(body);
+            }
+        }
+        assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+    }
+
+    #[test]
+    fn review_redirect_target_is_never_raw_client_input() {
+        let p = policy();
+        let mut accepted = Vec::new();
+        for body in [
+            "return 0301 $arg_to;", // nginx reads 0301 as 301
+            "return 301 $args;",    // GET /?https://evil/ -> Location: https://evil/
+        ] {
+            if check(&p, &site(), &server(body)).is_ok() {
+                accepted.push(body);
+            }
+        }
+        assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+    }
+
+    #[test]
+    fn review_implicit_listen_and_unbounded_log_files() {
+        let p = policy();
+        // No `listen`: nginx listens on *:80 (the master is root), whatever the policy's forms.
+        assert!(
+            check(&p, &site(), "server { server_name durhack.com; }").is_err(),
+            "a server without listen was accepted"
+        );
+        // nginx -t (as root) creates every one of these in the log dir, kept or not.
+        let many: String = (0..1000).map(|i| format!("access_log /var/log/nginx/x{i};")).collect();
+        assert!(check(&p, &site(), &server(&many)).is_err(), "1000 log files accepted");
     }
 }

@@ -44,13 +44,9 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            privhelper::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    let Err(e) = run() else { return ExitCode::SUCCESS };
+    privhelper::error!("{e}");
+    ExitCode::FAILURE
 }
 
 fn run() -> Result<(), String> {

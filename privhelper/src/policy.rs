@@ -14,64 +14,72 @@ pub const DEFAULT_POLICY_PATH: &str = "/etc/durhack-deployer/privhelper.toml";
 
 type Env = BTreeMap<String, String>;
 
-#[derive(Deserialize)]
+/// The policy file as written, then validated in place by [`Policy::parse`]; the fields after
+/// `sites` are derived there.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPolicy {
-    client_user: String,
-    socket: PathBuf,
-    conf_dir: PathBuf,
+pub struct Policy {
+    pub client_user: String,
+    pub socket: PathBuf,
+    pub conf_dir: PathBuf,
     test_command: Vec<String>,
     reload_command: Vec<String>,
-    snippets_dir: PathBuf,
-    allowed_roots: Vec<PathBuf>,
-    log_dir: PathBuf,
+    pub snippets_dir: PathBuf,
+    pub allowed_roots: Vec<PathBuf>,
+    pub log_dir: PathBuf,
     command_timeout_secs: Option<u64>,
     read_timeout_secs: Option<u64>,
-    listen: Option<Vec<String>>,
-    nginx_pid_file: Option<PathBuf>,
+    /// The `listen` argument lists a site may use, each joined by one space.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default = "default_pid_file")]
+    pub nginx_pid_file: PathBuf,
     #[serde(default)]
     command_env: Env,
-    certbot: RawCertbot,
-    #[serde(default)]
-    sites: BTreeMap<String, RawSite>,
+    pub certbot: Certbot,
+    #[serde(rename = "sites", default)]
+    site_table: BTreeMap<String, RawSite>,
+    #[serde(skip)]
+    pub sites: BTreeMap<SiteName, Site>,
+    #[serde(skip)]
+    pub client_uid: u32,
+    #[serde(skip)]
+    pub client_gid: u32,
+    #[serde(skip)]
+    pub test: Command,
+    #[serde(skip)]
+    pub reload: Command,
+    #[serde(skip)]
+    pub read_timeout: Duration,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawCertbot {
+pub struct Certbot {
     argv: Vec<String>,
     #[serde(default)]
     env: Env,
-    live_dir: Option<PathBuf>,
-    openssl: Option<PathBuf>,
+    #[serde(default = "default_live_dir")]
+    pub live_dir: PathBuf,
+    #[serde(default = "default_openssl")]
+    pub openssl: PathBuf,
     renew_before_days: Option<u64>,
     timeout_secs: Option<u64>,
     max_runs_per_hour: Option<u64>,
+    #[serde(skip)]
+    pub command: Command,
+    #[serde(skip)]
+    pub renew_before: Duration,
+    #[serde(skip)]
+    pub max_runs: u32,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSite {
     domains: Vec<String>,
     #[serde(default)]
     proxy_ports: Vec<u16>,
-}
-
-/// A command with a fixed argv and its environment (the helper's own is never inherited).
-#[derive(Debug, Clone)]
-pub struct Command {
-    pub argv: Vec<String>,
-    pub env: Env,
-    pub timeout: Duration,
-}
-
-#[derive(Debug)]
-pub struct Certbot {
-    pub command: Command,
-    pub live_dir: PathBuf,
-    pub openssl: PathBuf,
-    pub renew_before: Duration,
-    pub max_runs_per_hour: u32,
 }
 
 /// What a site may serve: its domains (each belongs to one site) and the loopback ports its
@@ -82,24 +90,25 @@ pub struct Site {
     pub proxy_ports: Vec<u16>,
 }
 
-#[derive(Debug)]
-pub struct Policy {
-    pub client_user: String,
-    pub client_uid: u32,
-    pub client_gid: u32,
-    pub socket: PathBuf,
-    pub conf_dir: PathBuf,
-    pub test: Command,
-    pub reload: Command,
-    pub snippets_dir: PathBuf,
-    pub allowed_roots: Vec<PathBuf>,
-    pub log_dir: PathBuf,
-    pub read_timeout: Duration,
-    /// The `listen` argument lists a site may use, each joined by one space.
-    pub listen: Vec<String>,
-    pub nginx_pid_file: PathBuf,
-    pub certbot: Certbot,
-    pub sites: BTreeMap<SiteName, Site>,
+/// A command with a fixed argv and its environment (the helper's own is never inherited).
+#[derive(Debug, Clone, Default)]
+pub struct Command {
+    pub argv: Vec<String>,
+    pub env: Env,
+    pub timeout: Duration,
+}
+
+fn default_listen() -> Vec<String> {
+    ["80", "[::]:80", "443 ssl", "[::]:443 ssl"].map(String::from).into()
+}
+fn default_pid_file() -> PathBuf {
+    "/run/nginx.pid".into()
+}
+fn default_live_dir() -> PathBuf {
+    "/etc/letsencrypt/live".into()
+}
+fn default_openssl() -> PathBuf {
+    "/usr/bin/openssl".into()
 }
 
 /// A value read from the policy, refused above `max` (a typo such as an extra digit would
@@ -113,15 +122,16 @@ fn bounded(what: &str, value: Option<u64>, default: u64, max: u64) -> Result<u64
 }
 
 /// An absolute path with no `.` or `..` component, so prefix checks on it mean what they say.
-fn clean_abs(what: &str, p: &Path) -> Result<PathBuf, String> {
+fn clean_abs(what: &str, p: &mut PathBuf) -> Result<(), String> {
     let dotted = p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir));
     if !p.is_absolute() || dotted {
         return Err(format!("{what} {} must be absolute, without . or ..", p.display()));
     }
-    Ok(p.components().collect())
+    *p = p.components().collect();
+    Ok(())
 }
 
-fn command(what: &str, argv: Vec<String>, env: Env, secs: u64) -> Result<Command, String> {
+fn command(what: &str, argv: &[String], env: &Env, secs: u64) -> Result<Command, String> {
     if !argv.first().is_some_and(|prog| Path::new(prog).is_absolute()) {
         return Err(format!("{what} must be an argv starting with an absolute program path"));
     }
@@ -129,18 +139,18 @@ fn command(what: &str, argv: Vec<String>, env: Env, secs: u64) -> Result<Command
     if nul || env.keys().any(|k| k.contains('=')) {
         return Err(format!("{what}: NUL in an argument or '=' in an env name"));
     }
-    Ok(Command { argv, env, timeout: Duration::from_secs(secs) })
+    Ok(Command { argv: argv.to_vec(), env: env.clone(), timeout: Duration::from_secs(secs) })
 }
 
 impl Policy {
     pub fn parse(text: &str) -> Result<Policy, String> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| format!("invalid policy: {e}"))?;
-        let user = nix::unistd::User::from_name(&raw.client_user)
-            .map_err(|e| format!("cannot look up user {}: {e}", raw.client_user))?
-            .ok_or_else(|| format!("client_user {} does not exist", raw.client_user))?;
-        let mut sites = BTreeMap::new();
+        let mut p: Policy = toml::from_str(text).map_err(|e| format!("invalid policy: {e}"))?;
+        let user = nix::unistd::User::from_name(&p.client_user)
+            .map_err(|e| format!("cannot look up user {}: {e}", p.client_user))?
+            .ok_or_else(|| format!("client_user {} does not exist", p.client_user))?;
+        (p.client_uid, p.client_gid) = (user.uid.as_raw(), user.gid.as_raw());
         let mut owner: BTreeMap<Domain, SiteName> = BTreeMap::new();
-        for (name, site) in raw.sites {
+        for (name, site) in std::mem::take(&mut p.site_table) {
             let name = SiteName::try_from(name).map_err(|e| e.to_string())?;
             if site.domains.is_empty() {
                 return Err(format!("site {name} has no domains"));
@@ -154,69 +164,44 @@ impl Policy {
                 }
                 domains.insert(d);
             }
-            let proxy_ports = site.proxy_ports;
-            sites.insert(name, Site { domains, proxy_ports });
+            p.sites.insert(name, Site { domains, proxy_ports: site.proxy_ports });
         }
-        let allowed_roots: Vec<PathBuf> = raw
-            .allowed_roots
-            .iter()
-            .map(|r| clean_abs("allowed root", r))
-            .collect::<Result<_, _>>()?;
-        if allowed_roots.iter().any(|r| r == Path::new("/")) {
+        for root in &mut p.allowed_roots {
+            clean_abs("allowed root", root)?;
+        }
+        if p.allowed_roots.iter().any(|r| r == Path::new("/")) {
             return Err("allowed_roots must not contain /".into());
         }
-        let timeout = bounded("command_timeout_secs", raw.command_timeout_secs, 60, 3600)?;
-        let listen = raw.listen.unwrap_or_else(|| {
-            ["80", "[::]:80", "443 ssl", "[::]:443 ssl"].map(String::from).into()
-        });
-        if listen.iter().any(|l| l.to_ascii_lowercase().contains("unix:") || l.contains("default"))
+        if p.listen
+            .iter()
+            .any(|l| l.to_ascii_lowercase().contains("unix:") || l.contains("default"))
         {
             return Err("listen forms may not name unix sockets or default servers".into());
         }
-        let mut certbot_env = raw.command_env.clone();
-        let c = raw.certbot;
-        certbot_env.extend(c.env);
-        let live_dir = c.live_dir.unwrap_or_else(|| "/etc/letsencrypt/live".into());
-        let openssl = c.openssl.unwrap_or_else(|| "/usr/bin/openssl".into());
-        Ok(Policy {
-            client_user: raw.client_user,
-            client_uid: user.uid.as_raw(),
-            client_gid: user.gid.as_raw(),
-            socket: clean_abs("socket", &raw.socket)?,
-            conf_dir: clean_abs("conf_dir", &raw.conf_dir)?,
-            test: command("test_command", raw.test_command, raw.command_env.clone(), timeout)?,
-            reload: command("reload_command", raw.reload_command, raw.command_env, timeout)?,
-            snippets_dir: clean_abs("snippets_dir", &raw.snippets_dir)?,
-            allowed_roots,
-            log_dir: clean_abs("log_dir", &raw.log_dir)?,
-            read_timeout: Duration::from_secs(bounded(
-                "read_timeout_secs",
-                raw.read_timeout_secs,
-                5,
-                60,
-            )?),
-            listen,
-            nginx_pid_file: clean_abs(
-                "nginx_pid_file",
-                &raw.nginx_pid_file.unwrap_or_else(|| "/run/nginx.pid".into()),
-            )?,
-            certbot: Certbot {
-                command: command(
-                    "certbot.argv",
-                    c.argv,
-                    certbot_env,
-                    bounded("certbot.timeout_secs", c.timeout_secs, 300, 3600)?,
-                )?,
-                live_dir: clean_abs("certbot.live_dir", &live_dir)?,
-                openssl: clean_abs("certbot.openssl", &openssl)?,
-                renew_before: Duration::from_secs(
-                    bounded("certbot.renew_before_days", c.renew_before_days, 30, 89)? * 86_400,
-                ),
-                max_runs_per_hour: bounded("certbot.max_runs_per_hour", c.max_runs_per_hour, 3, 20)?
-                    as u32,
-            },
-            sites,
-        })
+        let c = &mut p.certbot;
+        for (what, path) in [
+            ("socket", &mut p.socket),
+            ("conf_dir", &mut p.conf_dir),
+            ("snippets_dir", &mut p.snippets_dir),
+            ("log_dir", &mut p.log_dir),
+            ("nginx_pid_file", &mut p.nginx_pid_file),
+            ("certbot.live_dir", &mut c.live_dir),
+            ("certbot.openssl", &mut c.openssl),
+        ] {
+            clean_abs(what, path)?;
+        }
+        let secs = bounded("command_timeout_secs", p.command_timeout_secs, 60, 3600)?;
+        p.test = command("test_command", &p.test_command, &p.command_env, secs)?;
+        p.reload = command("reload_command", &p.reload_command, &p.command_env, secs)?;
+        p.read_timeout =
+            Duration::from_secs(bounded("read_timeout_secs", p.read_timeout_secs, 5, 60)?);
+        let env: Env = p.command_env.clone().into_iter().chain(c.env.clone()).collect();
+        let secs = bounded("certbot.timeout_secs", c.timeout_secs, 300, 3600)?;
+        c.command = command("certbot.argv", &c.argv, &env, secs)?;
+        let days = bounded("certbot.renew_before_days", c.renew_before_days, 30, 89)?;
+        c.renew_before = Duration::from_secs(days * 86_400);
+        c.max_runs = bounded("certbot.max_runs_per_hour", c.max_runs_per_hour, 3, 20)? as u32;
+        Ok(p)
     }
 
     pub fn load(path: &Path) -> Result<Policy, String> {
@@ -225,10 +210,12 @@ impl Policy {
         Policy::parse(&text)
     }
 
-    /// The checks that make the policy trustworthy: it and the conf dir, and every directory
-    /// above them, must be root's alone (whoever may rename a parent may swap what is below).
+    /// The checks that make the policy trustworthy: it, the snippets sites include and the conf
+    /// dir, and every directory above them, must be root's alone (whoever may rename a parent
+    /// may swap what is below).
     pub fn check_ownership(&self, policy_path: &Path) -> Result<(), String> {
         root_only_with_ancestors(policy_path)?;
+        root_only_with_ancestors(&self.snippets_dir)?;
         root_only_with_ancestors(&self.conf_dir)
     }
 

@@ -111,11 +111,9 @@ pub fn listen(policy: &Policy) -> Result<UnixListener, String> {
 /// and makes the process non-dumpable (no core dumps, no ptrace by the same uid).
 pub fn drop_privileges() -> Result<(), String> {
     let keep: CapsHashSet = KEPT_CAPABILITIES.into_iter().collect();
-    for cap in caps::all() {
-        if !keep.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap)
-                .map_err(serr("cannot drop from the bounding set"))?;
-        }
+    for cap in caps::all().difference(&keep) {
+        caps::drop(None, CapSet::Bounding, *cap)
+            .map_err(serr("cannot drop from the bounding set"))?;
     }
     caps::clear(None, CapSet::Ambient).map_err(serr("cannot clear the ambient set"))?;
     caps::clear(None, CapSet::Inheritable).map_err(serr("cannot clear the inheritable set"))?;
@@ -135,7 +133,8 @@ type Job = (UnixStream, Request, (u32, i32), Instant);
 
 /// Reads requests concurrently (one thread per connection, each under one deadline, at most
 /// [`MAX_OPEN`]) and executes them one at a time on a single thread, forever. `Hello` has no
-/// effect and is answered by its reader, so it is never stuck behind a slow certbot run.
+/// effect and is answered by its reader, so it is never stuck behind a slow certbot run; a
+/// request that finds the queue full is answered "busy" at once.
 pub fn serve(policy: &Policy, listener: &UnixListener) -> Result<(), String> {
     let open = AtomicUsize::new(0);
     let (jobs, queue) = mpsc::sync_channel::<Job>(MAX_OPEN);
@@ -200,12 +199,19 @@ fn receive(policy: &Policy, stream: UnixStream, jobs: &mpsc::SyncSender<Job>) {
         let mut reader = Deadline { stream: &stream, until };
         match frame::read_exact_one::<Request>(&mut reader) {
             Ok(Request::Hello) => Response::Hello { version: PROTOCOL_VERSION },
-            Ok(request) => {
-                if jobs.send((stream, request, peer, started)).is_err() {
-                    crate::error!("the executor is gone");
+            // Never wait for the executor here: a reader holding its slot while the queue is
+            // full would let queued requests turn every other connection away.
+            Ok(request) => match jobs.try_send((stream, request, peer, started)) {
+                Ok(()) => return,
+                Err(
+                    mpsc::TrySendError::Full((stream, ..))
+                    | mpsc::TrySendError::Disconnected((stream, ..)),
+                ) => {
+                    let busy =
+                        Response::error(ErrorCode::Internal, "busy: too many queued requests");
+                    return respond(stream, peer, "-", "-", &busy, started, Some(until));
                 }
-                return;
-            }
+            },
             Err(e) => Response::error(ErrorCode::from(&e), e.to_string()),
         }
     };
