@@ -5,6 +5,7 @@
 
 pub mod git;
 pub mod nginx;
+pub mod nginx_tree;
 pub mod pebble;
 pub mod prereq;
 pub mod privhelper;
