@@ -2,18 +2,25 @@
 # The test command (README.md): sets up what the tests need on a fresh Debian/Ubuntu machine,
 # then runs formatting, lints and every test in the workspace.
 #
-# As root it installs missing packages (nginx, certbot, pebble, webhook, wrk) and starts
-# PostgreSQL and Redis when they are not answering. Without root it only reports what is missing;
-# the tests that need it then say so loudly (and fail under CI=true).
+# As root it installs missing packages (nginx, nginx-dev, gcc, make, libpcre2-dev, certbot, pebble,
+# webhook, wrk) and starts PostgreSQL and Redis when they are not answering. Without root it only
+# reports what is missing; the tests that need it then say so loudly (and fail under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# unshare and ip: privhelper/tests/ports_80_443.rs runs nginx on 80/443 in a private network namespace.
-packages=(nginx certbot pebble webhook wrk openssl git curl util-linux iproute2)
-programs=(nginx certbot pebble webhook wrk openssl git curl unshare ip)
+# programs[i] (a command, or a file path when it has a "/") comes from packages[i]. nginx-dev, gcc,
+# make and libpcre2-dev build the test-only nginx module of the tree oracle (testkit/nginx-tree);
+# unshare and ip (util-linux, iproute2): privhelper/tests/ports_80_443.rs runs nginx on 80/443 in
+# a private network namespace.
+packages=(nginx certbot pebble webhook wrk openssl git curl nginx-dev gcc make libpcre2-dev util-linux iproute2)
+programs=(nginx certbot pebble webhook wrk openssl git curl /usr/share/nginx/src/configure gcc make /usr/include/pcre2.h unshare ip)
 missing=()
 for i in "${!programs[@]}"; do
-    command -v "${programs[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${programs[$i]}" ] || missing+=("${packages[$i]}")
+    if [[ "${programs[$i]}" == */* ]]; then
+        [ -e "${programs[$i]}" ] || missing+=("${packages[$i]}")
+    else
+        command -v "${programs[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${programs[$i]}" ] || missing+=("${packages[$i]}")
+    fi
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then

@@ -190,10 +190,16 @@ pub fn parse(text: &str) -> Result<Vec<Directive>, SyntaxError> {
     }
     let tokens = tokenize(text)?;
     for (token, line) in &tokens {
-        if let Token::Word(w, _) = token
-            && w.chars().any(char::is_control)
-        {
+        let Token::Word(w, _) = token else { continue };
+        if w.chars().any(char::is_control) {
             return err(*line, "control character in a name or argument");
+        }
+        // nginx reads confs through a 4 KiB buffer: a word, with what follows it up to the next
+        // token, must fit (the differential test pins this against nginx's own tokenizer), so
+        // an argument whose rendering (quotes, escapes) would not fit is refused here.
+        if rendered_len(w) > MAX_RENDERED_WORD {
+            let why = format!("a name or argument over {MAX_RENDERED_WORD} bytes once quoted");
+            return err(*line, why);
         }
     }
     let mut pos = 0;
@@ -340,6 +346,14 @@ pub fn alias_fits(location: &[String], alias: &str) -> bool {
     }
 }
 
+/// The longest word [`render`] writes that nginx 1.22 reads back, quotes and escapes included:
+/// its 4096-byte buffer must also hold the closing quote, the separator and the next byte.
+pub const MAX_RENDERED_WORD: usize = 4093;
+
+fn rendered_len(word: &str) -> usize {
+    word.len() + 2 + word.matches(['\\', '"']).count()
+}
+
 /// The canonical text of `directives`: one directive per line, four spaces of indent per level,
 /// names bare, every argument double-quoted with `\\` and `"` escaped. nginx reads a quoted
 /// argument back byte for byte (only `\\` and `"` are special inside double quotes, in every
@@ -468,6 +482,16 @@ mod tests {
             "{e}"
         );
         assert_eq!(parse("a;\n b x;").unwrap()[1].line, 2);
+    }
+
+    #[test]
+    fn words_nginx_could_not_read_back_are_refused() {
+        let fits = "a".repeat(MAX_RENDERED_WORD - 2);
+        assert!(parse(&format!("add_header X {fits};")).is_ok());
+        assert!(parse(&format!("add_header X {fits}b;")).is_err());
+        // Escapes count: 2,046 quotes render as 4,092 bytes plus the two quotes.
+        assert!(parse(&format!("add_header X '{}';", "\\\"".repeat(2046))).is_err());
+        assert!(parse(&format!("add_header X '{}';", "\\\"".repeat(2045))).is_ok());
     }
 
     #[test]

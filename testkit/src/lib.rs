@@ -6,6 +6,7 @@
 pub mod git;
 pub mod netns;
 pub mod nginx;
+pub mod nginx_tree;
 pub mod pebble;
 pub mod prereq;
 pub mod privhelper;
