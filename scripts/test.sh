@@ -2,14 +2,16 @@
 # The test command (README.md): sets up what the tests need on a fresh Debian/Ubuntu machine,
 # then runs formatting, lints and every test in the workspace.
 #
-# As root it installs missing packages (nginx, certbot, pebble, webhook, wrk) and starts
+# As root it installs missing packages (nginx, certbot, pebble, webhook, wrk, systemd-container) and starts
 # PostgreSQL and Redis when they are not answering. Without root it only reports what is missing;
 # the tests that need it then say so loudly (and fail under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(nginx certbot pebble webhook wrk openssl git curl)
-programs=(nginx certbot pebble webhook wrk openssl git curl)
+# systemd-container: systemd-nspawn, which boots the systemd suite's container
+# (deployer/tests/systemd_units.rs).
+packages=(nginx certbot pebble webhook wrk openssl git curl systemd-container)
+programs=(nginx certbot pebble webhook wrk openssl git curl systemd-nspawn)
 missing=()
 for i in "${!programs[@]}"; do
     command -v "${programs[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${programs[$i]}" ] || missing+=("${packages[$i]}")
