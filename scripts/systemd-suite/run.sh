@@ -34,12 +34,28 @@ mounted_tmpfs=0
 mounted_root=0
 started=$(date +%s)
 
+# The container's init is the child of systemd-nspawn that runs systemd. Not just any child:
+# nspawn forks helpers first, and a pid taken too early is gone (or someone else) by the time
+# it is used, so the name is checked and the pid looked up again until boot has finished.
+container_init() {
+    local c
+    for c in /proc/[0-9]*; do
+        [ "$(cat "$c/comm" 2>/dev/null)" = systemd ] || continue
+        if [ "$(sed -n 's/^PPid:[[:space:]]*//p' "$c/status" 2>/dev/null)" = "$nspawn_pid" ]; then
+            echo "${c#/proc/}"
+            return 0
+        fi
+    done
+    return 1
+}
+
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
     if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
         log "powering the container off"
+        cpid=$(container_init || true)
         [ -n "$cpid" ] && kill -s SIGRTMIN+4 "$cpid" 2>/dev/null
         local i
         for i in $(seq 1 600); do
@@ -91,27 +107,23 @@ systemd-nspawn -D "$t/root" --private-network --register=no --keep-unit --boot \
     --bind-ro="$repo:/mnt/dd-src" --bind-ro="$bin_dir:/mnt/dd-bins" \
     </dev/null >"$t/console.log" 2>&1 &
 nspawn_pid=$!
-for _ in $(seq 1 300); do
-    cpid=$(pgrep -P "$nspawn_pid" | head -n1 || true)
-    [ -n "$cpid" ] && break
-    kill -0 "$nspawn_pid" 2>/dev/null || break
-    sleep 0.1
-done
-[ -n "$cpid" ] || skip "systemd-nspawn started no container (console below)"
 C() {
     nsenter -t "$cpid" -a env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         HOME=/root LANG=C.UTF-8 TERM=dumb CI="${CI:-}" "$@"
 }
 state=
 for _ in $(seq 1 180); do
-    state=$(C timeout 10 systemctl is-system-running 2>/dev/null || true)
+    cpid=$(container_init || true)
+    if [ -n "$cpid" ]; then
+        state=$(C timeout 10 systemctl is-system-running 2>/dev/null || true)
+    fi
     case "$state" in running | degraded) break ;; esac
     kill -0 "$nspawn_pid" 2>/dev/null || break
     sleep 1
 done
 case "$state" in
 running | degraded) ;;
-*) skip "the container's systemd did not finish booting (state: ${state:-none})" ;;
+*) skip "the container's systemd did not finish booting within 180 s (state: ${state:-none}, init pid: ${cpid:-none})" ;;
 esac
 log "container booted: $state, in $(awk -v a="$boot_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s (systemd pid $cpid on the host)"
 if [ "$state" = degraded ]; then

@@ -115,17 +115,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(xff) = &xff {
         println!("  X-Forwarded-For: {xff}  (as the proxy in front would send it)");
     }
-    let extra_root = match &args.cacert {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read --cacert {}", path.display()))?;
-            Some(
-                reqwest::Certificate::from_pem(&pem)
-                    .with_context(|| format!("--cacert {} is not a PEM certificate", path.display()))?,
-            )
-        }
-        None => None,
-    };
+    let extra_root =
+        match &args.cacert {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("cannot read --cacert {}", path.display()))?;
+                Some(reqwest::Certificate::from_pem(&pem).with_context(|| {
+                    format!("--cacert {} is not a PEM certificate", path.display())
+                })?)
+            }
+            None => None,
+        };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
