@@ -414,6 +414,12 @@ unexpected=$(cat "$T/journal-errors.txt")
 $unexpected"
 ok "no unexpected errors"
 
+step "6b. the operator's root commands (status, send-test-push) left nothing root-owned in the service's directories"
+foreign=$(find /var/lib/durhack-deployer /var/log/durhack-deployer ! -user durhack-deployer -printf '%p %u\n')
+[ -z "$foreign" ] || die "files the service user does not own:
+$foreign"
+ok "everything under /var/lib/durhack-deployer and /var/log/durhack-deployer is durhack-deployer's"
+
 step "7. systemd-analyze security (online, in the container)"
 for u in durhack-deployer.service durhack-privhelper.service; do
     systemd-analyze security --no-pager "$u" >"$T/security-$u.txt" 2>&1 || true
