@@ -181,7 +181,12 @@ fn real_system_state() -> Vec<Option<(u64, i64)>> {
 
 #[test]
 fn install_script_is_valid_bash() {
-    for script in ["deploy/install.sh", "deploy/check-units.sh"] {
+    for script in [
+        "deploy/install.sh",
+        "deploy/check-units.sh",
+        "scripts/systemd-suite/run.sh",
+        "scripts/systemd-suite/inside.sh",
+    ] {
         let status = Command::new("bash")
             .arg("-n")
             .arg(repo().join(script))
