@@ -5,11 +5,16 @@
 #
 #   scripts/systemd-suite/run.sh BIN_DIR     # BIN_DIR holds durhack-deployer and durhack-privhelper
 #
+# DD_SUITE_SOURCE=DIR installs from another checkout (its deploy/ units and install.sh, its
+# sudoers/privhelper.toml) with this suite: how it was shown to fail on the tree before the helper
+# kept CAP_NET_BIND_SERVICE (`nginx: [emerg] bind() to 0.0.0.0:80 failed (13: Permission denied)`).
+#
 # Exit 0: passed; 77: cannot run here (not root, no systemd-nspawn, the container did not boot),
 # said loudly; anything else: failed. Every exit path powers the container off (or kills it) and
 # unmounts the overlay and its tmpfs, so nothing is left behind. Nothing reaches the real /.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+source_dir=$(cd "${DD_SUITE_SOURCE:-$repo}" && pwd)
 [ $# = 1 ] || { echo "usage: $0 BIN_DIR" >&2; exit 2; }
 bin_dir=$(cd "$1" && pwd)
 
@@ -104,7 +109,8 @@ log "booting systemd in a container ($name)"
 boot_start=$(date +%s.%N)
 systemd-nspawn -D "$t/root" --private-network --register=no --keep-unit --boot \
     --machine="$name" --console=read-only \
-    --bind-ro="$repo:/mnt/dd-src" --bind-ro="$bin_dir:/mnt/dd-bins" \
+    --bind-ro="$source_dir:/mnt/dd-src" --bind-ro="$repo/scripts/systemd-suite:/mnt/dd-suite" \
+    --bind-ro="$bin_dir:/mnt/dd-bins" \
     </dev/null >"$t/console.log" 2>&1 &
 nspawn_pid=$!
 C() {
@@ -130,4 +136,5 @@ if [ "$state" = degraded ]; then
     C systemctl --failed --no-pager --plain --no-legend || true
 fi
 
-C bash /mnt/dd-src/scripts/systemd-suite/inside.sh
+[ "$source_dir" = "$repo" ] || log "installing from $source_dir (DD_SUITE_SOURCE)"
+C bash /mnt/dd-suite/inside.sh
