@@ -3,15 +3,18 @@
 # then runs formatting, lints and every test in the workspace.
 #
 # As root it installs missing packages (nginx, nginx-dev, gcc, make, libpcre2-dev, certbot, pebble,
-# webhook, wrk) and starts PostgreSQL and Redis when they are not answering. Without root it only
-# reports what is missing; the tests that need it then say so loudly (and fail under CI=true).
+# webhook, wrk, systemd-container) and starts PostgreSQL and Redis when they are not answering.
+# Without root it only reports what is missing; the tests that need it then say so loudly (and
+# fail under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # programs[i] (a command, or a file path when it has a "/") comes from packages[i]. nginx-dev, gcc,
-# make and libpcre2-dev build the test-only nginx module of the tree oracle (testkit/nginx-tree).
-packages=(nginx certbot pebble webhook wrk openssl git curl nginx-dev gcc make libpcre2-dev)
-programs=(nginx certbot pebble webhook wrk openssl git curl /usr/share/nginx/src/configure gcc make /usr/include/pcre2.h)
+# make and libpcre2-dev build the test-only nginx module of the tree oracle (testkit/nginx-tree);
+# systemd-container gives systemd-nspawn, which boots the systemd suite's container
+# (deployer/tests/systemd_units.rs).
+packages=(nginx certbot pebble webhook wrk openssl git curl nginx-dev gcc make libpcre2-dev systemd-container)
+programs=(nginx certbot pebble webhook wrk openssl git curl /usr/share/nginx/src/configure gcc make /usr/include/pcre2.h systemd-nspawn)
 missing=()
 for i in "${!programs[@]}"; do
     if [[ "${programs[$i]}" == */* ]]; then
