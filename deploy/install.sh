@@ -235,6 +235,20 @@ do_install() {
         fi
     done < <(deployment_paths)
 
+    # certbot's directories and the ACME webroot of the shipped policy (`-w /var/www/letsencrypt`),
+    # root's, with certbot's own modes, if absent. The helper's unit may write them
+    # (ReadWritePaths=-…) but cannot create them under ProtectSystem=strict, and the `-` skips a
+    # missing one silently: on a server where certbot had never run, the helper's first certbot
+    # failed with "Read-only file system: '/var/log/letsencrypt'" (found by the systemd suite,
+    # deployer/tests/systemd_units.rs). Existing ones are left as they are.
+    local le
+    for le in /etc/letsencrypt:0755 /var/lib/letsencrypt:0755 /var/log/letsencrypt:0700 /var/www/letsencrypt:0755; do
+        if [ ! -e "$R${le%%:*}" ]; then
+            dir "${le##*:}" 0 0 "${le%%:*}"
+            say "created ${le%%:*} (for certbot, run by the helper)"
+        fi
+    done
+
     # Units: always the shipped ones; local changes belong in drop-ins (systemctl edit).
     dir 0755 0 0 "$unitdir"
     local u

@@ -3,17 +3,19 @@
 # then runs formatting, lints and every test in the workspace.
 #
 # As root it installs missing packages (nginx, nginx-dev, gcc, make, libpcre2-dev, certbot, pebble,
-# webhook, wrk) and starts PostgreSQL and Redis when they are not answering. Without root it only
-# reports what is missing; the tests that need it then say so loudly (and fail under CI=true).
+# webhook, wrk, systemd-container) and starts PostgreSQL and Redis when they are not answering.
+# Without root it only reports what is missing; the tests that need it then say so loudly (and
+# fail under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # programs[i] (a command, or a file path when it has a "/") comes from packages[i]. nginx-dev, gcc,
 # make and libpcre2-dev build the test-only nginx module of the tree oracle (testkit/nginx-tree);
-# unshare and ip (util-linux, iproute2): privhelper/tests/ports_80_443.rs runs nginx on 80/443 in
-# a private network namespace.
-packages=(nginx certbot pebble webhook wrk openssl git curl nginx-dev gcc make libpcre2-dev util-linux iproute2)
-programs=(nginx certbot pebble webhook wrk openssl git curl /usr/share/nginx/src/configure gcc make /usr/include/pcre2.h unshare ip)
+# systemd-container gives systemd-nspawn, which boots the systemd suite's container
+# (deployer/tests/systemd_units.rs). unshare and ip (util-linux, iproute2):
+# privhelper/tests/ports_80_443.rs runs nginx on 80/443 in a private network namespace.
+packages=(nginx certbot pebble webhook wrk openssl git curl nginx-dev gcc make libpcre2-dev systemd-container util-linux iproute2)
+programs=(nginx certbot pebble webhook wrk openssl git curl /usr/share/nginx/src/configure gcc make /usr/include/pcre2.h systemd-nspawn unshare ip)
 missing=()
 for i in "${!programs[@]}"; do
     if [[ "${programs[$i]}" == */* ]]; then

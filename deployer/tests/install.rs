@@ -181,7 +181,12 @@ fn real_system_state() -> Vec<Option<(u64, i64)>> {
 
 #[test]
 fn install_script_is_valid_bash() {
-    for script in ["deploy/install.sh", "deploy/check-units.sh"] {
+    for script in [
+        "deploy/install.sh",
+        "deploy/check-units.sh",
+        "scripts/systemd-suite/run.sh",
+        "scripts/systemd-suite/inside.sh",
+    ] {
         let status = Command::new("bash")
             .arg("-n")
             .arg(repo().join(script))
@@ -283,6 +288,15 @@ fn install_into_a_scratch_root_sets_every_owner_and_mode() {
     ] {
         add(d, dir(0, 0, 0o755));
     }
+    // certbot's directories and the ACME webroot, for the helper (its unit cannot create them).
+    for d in [
+        "etc/letsencrypt",
+        "var/lib/letsencrypt",
+        "var/www/letsencrypt",
+    ] {
+        add(d, dir(0, 0, 0o755));
+    }
+    add("var/log/letsencrypt", dir(0, 0, 0o700));
     add("usr/local/bin/durhack-deployer", file(0, 0, 0o755));
     add("usr/local/bin/durhack-privhelper", file(0, 0, 0o755));
     add("etc/durhack-deployer", dir(0, gid, 0o750));

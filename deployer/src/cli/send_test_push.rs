@@ -39,6 +39,10 @@ pub struct Args {
     /// `allowed_networks` accepts].
     #[arg(long)]
     forwarded_for: Option<IpAddr>,
+    /// Also trust this PEM CA certificate for an `https://` `--url` (a private or staging ACME
+    /// CA, such as the test suite's pebble); the built-in web roots are trusted either way.
+    #[arg(long, value_name = "PEM")]
+    cacert: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -111,15 +115,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(xff) = &xff {
         println!("  X-Forwarded-For: {xff}  (as the proxy in front would send it)");
     }
+    let extra_root =
+        match &args.cacert {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("cannot read --cacert {}", path.display()))?;
+                Some(reqwest::Certificate::from_pem(&pem).with_context(|| {
+                    format!("--cacert {} is not a PEM certificate", path.display())
+                })?)
+            }
+            None => None,
+        };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let (status, answer) = runtime.block_on(async {
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
-            .user_agent("GitHub-Hookshot/send-test-push")
-            .build()?;
+            .user_agent("GitHub-Hookshot/send-test-push");
+        if let Some(root) = extra_root {
+            client = client.add_root_certificate(root);
+        }
+        let client = client.build()?;
         let mut request = client.post(&url);
         if let Some(xff) = &xff {
             request = request.header("X-Forwarded-For", xff);
