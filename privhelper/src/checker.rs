@@ -8,7 +8,7 @@
 //! every server: nginx never reads a byte the client wrote, so a tokenizer disagreement between
 //! this parser and nginx cannot hide anything.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use protocol::SiteName;
 use protocol::nginx_syntax::{self, Directive, variables};
@@ -128,7 +128,8 @@ impl Ctx<'_> {
     fn args(&self, d: &Directive, location: Option<&Directive>) -> Result<(), String> {
         let first = d.args.first().map(String::as_str).unwrap_or("");
         let last = d.args.last().map(String::as_str).unwrap_or("");
-        let p = self.policy;
+        let (p, ports, tail) =
+            (self.policy, self.proxy_ports, &d.args[d.args.len().saturating_sub(1)..]);
         match d.name.as_str() {
             "root" => self.path_under(d, first, &p.allowed_roots),
             "alias" => match location {
@@ -155,13 +156,10 @@ impl Ctx<'_> {
             "listen" => Err(refuse(d, &format!("allowed forms: {}", p.listen.join(", ")))),
             // `proxy_pass http://<loopback>:<port>[/path]`, the port one of the site's.
             "proxy_pass" => match nginx_syntax::loopback_port(first) {
-                Some(port) if self.proxy_ports.contains(&port) => Ok(()),
+                Some(port) if ports.contains(&port) => Ok(()),
                 _ => Err(refuse(
                     d,
-                    &format!(
-                        "only http://127.0.0.1|[::1]|localhost:PORT[/path], PORT in {:?}",
-                        self.proxy_ports
-                    ),
+                    &format!("only loopback http://host:PORT[/path], PORT in {ports:?}"),
                 )),
             },
             "proxy_redirect" if matches!(first, "off" | "default") => Ok(()),
@@ -169,35 +167,43 @@ impl Ctx<'_> {
             "server_name" if d.args.is_empty() => Err(refuse(d, "needs at least one name")),
             "server_name" => match d.args.iter().find(|a| !self.domains.contains(&a.as_str())) {
                 Some(other) => {
-                    Err(refuse(d, &format!("{other:?} is not a domain of site {}", self.site)))
+                    Err(refuse(d, &format!("{other:?} is not one of the site's domains")))
                 }
                 None => Ok(()),
             },
+            // error_page to anything but a path or a named location redirects the client.
+            "error_page" if !last.starts_with(['/', '@']) => self.vars(d, tail, true),
+            // try_files appends its values to the root as they are: `-x` names `<root>-x`.
+            "try_files" if d.args.iter().any(|a| !a.starts_with(['/', '$', '=', '@'])) => {
+                Err(refuse(d, "its values must start with /, a variable, = or @"))
+            }
             "try_files" | "index" | "error_page" => self.vars(d, &d.args, false),
             // An internal rewrite sets the URI later mapped to a file: no variables at all (a
             // capture, or `$uri` plus dots, can climb out); a redirect only names a place.
             "rewrite" => match d.args.get(1) {
                 Some(to) if redirects(to, last) => self.vars(d, std::slice::from_ref(to), true),
-                Some(to) if to.contains('$') => {
-                    Err(refuse(d, "an internal rewrite takes no variables"))
+                Some(to) if to.contains('$') || !to.starts_with('/') => {
+                    Err(refuse(d, "an internal rewrite names a path starting with /, no variables"))
                 }
                 Some(to) => self.vars(d, std::slice::from_ref(to), false),
                 None => Ok(()),
             },
             // `return URL` or `return 3xx URL` (nginx reads "0301" as 301).
             "return" if first.parse::<u16>().map_or(true, |c| (300..400).contains(&c)) => {
-                self.vars(d, std::slice::from_ref(&last.to_string()), true)
+                self.vars(d, tail, true)
             }
             "set" if first.strip_prefix('$').is_some_and(|v| FILE_VARS.contains(&v)) => {
                 Err(refuse(d, "may not change a variable paths are built from"))
             }
-            // `if (-f $x)` and friends name files: the same variables as `try_files`.
-            "if" if d
-                .args
-                .iter()
-                .any(|a| matches!(a.trim_start_matches(['(', '!']), "-f" | "-d" | "-e" | "-x")) =>
-            {
-                self.vars(d, &d.args, false)
+            // `if (-f X)`: X is a file under the root (else any path's existence leaks), named
+            // with the same variables as in `try_files`.
+            "if" if d.args.iter().any(|a| file_test(a)) => {
+                match ["$request_filename", "$document_root"].iter().any(|v| last.starts_with(v)) {
+                    true => self.vars(d, &d.args, false),
+                    false => {
+                        Err(refuse(d, "a file test names $request_filename or $document_root"))
+                    }
+                }
             }
             _ => Ok(()),
         }
@@ -216,8 +222,10 @@ impl Ctx<'_> {
                 "a redirect must start with a path, or a scheme and a fixed host",
             ));
         }
-        if !redirect && args.iter().any(|a| a.contains("..")) {
-            return Err(refuse(d, "\"..\" is not allowed here"));
+        // `$uri` is normalised only as read from the request: every URI a conf makes is checked.
+        if !redirect && args.iter().any(|a| a.contains("..") || !nginx_syntax::dot_segment_free(a))
+        {
+            return Err(refuse(d, "no \"..\", \".\" segment or variable followed by \".\" here"));
         }
         match args.iter().flat_map(|a| variables(a)).find(|v| !allowed(v)) {
             // It may carry raw client input into a path or URL.
@@ -230,18 +238,25 @@ impl Ctx<'_> {
     /// directory may be the root itself; files must be below it).
     fn path_under(&self, d: &Directive, arg: &str, roots: &[PathBuf]) -> Result<(), String> {
         let path = Path::new(arg);
-        let dotted =
-            path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir));
+        // The text, not Path::components, which drops `.` components.
+        let dotted = arg.split('/').any(|c| c == "." || c == "..");
         if arg.contains(['$']) || arg.contains("..") || dotted || !path.is_absolute() {
             return Err(refuse(d, "a path must be absolute, without variables, . or .."));
         }
-        let may_equal = matches!(d.name.as_str(), "root" | "alias");
+        // An alias that is a root itself must end with `/`: try_files strips the location off a
+        // variable value under alias (`$uri-x` at `= /c` would name `<root>-x`).
+        let may_equal = d.name == "root" || arg.ends_with('/');
         if roots.iter().any(|root| path.starts_with(root) && (may_equal || path != root)) {
             return Ok(());
         }
         let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
         Err(refuse(d, &format!("{arg} is outside {}", shown.join(", "))))
     }
+}
+
+/// Whether an `if` argument is an operator that looks a file up.
+fn file_test(arg: &str) -> bool {
+    matches!(arg.trim_start_matches(['(', '!']), "-f" | "-d" | "-e" | "-x")
 }
 
 /// Whether `rewrite … to flag` answers with a redirect (nginx's rule) rather than a new URI.
@@ -576,5 +591,43 @@ mod tests {
         // nginx -t (as root) creates every one of these in the log dir, kept or not.
         let many: String = (0..1000).map(|i| format!("access_log /var/log/nginx/x{i};")).collect();
         assert!(check(&p, &site(), &server(&many)).is_err(), "1000 log files accepted");
+    }
+    #[test]
+    fn third_review_dots_siblings_and_error_page_redirects_are_refused() {
+        let p = policy();
+        let mut accepted = Vec::new();
+        for body in [
+            // $uri is not always normalised: a literal internal URI `/.` (rewrite,
+            // error_page, try_files fallback, index) then `$uri.` is `/..`.
+            "location = /go { rewrite ^ /. last; } location / { try_files $uri.$uri./etc/passwd =404; }",
+            "location = /go { error_page 404 /.; return 404; } location / { try_files $uri.$uri./etc/passwd =404; }",
+            // ... and with no literal dot segment at all: GET / -> `$uri.` is `/.`.
+            "location = / { error_page 404 $uri.; return 404; } location / { try_files $uri.$uri./etc/passwd =404; }",
+            "location = / { try_files /x $uri.; } location / { error_page 404 $uri.$uri./etc/passwd; return 404; }",
+            "location = / { index $uri.; } location / { try_files $uri.$uri./etc/passwd =404; }",
+            // try_files and internal URIs without a leading `/` name siblings of the root.
+            "try_files -private/key =404;",
+            "rewrite ^ -private/key break;",
+            // try_files strips the location name off a variable value under alias:
+            // `/x-private/key` -> `-private/key`, appended to an alias without its `/`.
+            "location = /x { alias /srv/durhack; try_files $uri-private/key =404; }",
+            // `.` components pass Path::components (it drops them), so root/alias may end in `/.`.
+            "root /srv/durhack/.;",
+            "location = /x { alias /srv/durhack/.; try_files ./etc =404; }",
+            // error_page to a non-path value is a 302 to it: not anchored on this host.
+            "error_page 404 https:/$uri;",
+        ] {
+            if check(&p, &site(), &server(body)).is_ok() {
+                accepted.push(body);
+            }
+        }
+        assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+        // `if -f` tests only files under the root: any other path's existence would leak.
+        for body in
+            ["if (-f /etc/ssl/private/x.key) { return 200; }", "if (!-e $uri) { return 404; }"]
+        {
+            assert!(check(&p, &site(), &server(body)).is_err(), "{body}");
+        }
+        assert!(check(&p, &site(), &server("if (!-f $request_filename) { return 404; }")).is_ok());
     }
 }

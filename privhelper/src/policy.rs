@@ -216,6 +216,8 @@ impl Policy {
     pub fn check_ownership(&self, policy_path: &Path) -> Result<(), String> {
         root_only_with_ancestors(policy_path)?;
         root_only_with_ancestors(&self.snippets_dir)?;
+        // `nginx -t` (root) creates the site logs there, following links.
+        root_only_with_ancestors(&self.log_dir)?;
         root_only_with_ancestors(&self.conf_dir)
     }
 

@@ -70,8 +70,7 @@ pub fn listen(policy: &Policy) -> Result<UnixListener, String> {
     }
     if std::env::var("LISTEN_PID").is_ok_and(|p| p == std::process::id().to_string()) {
         return Err(
-            "socket-activated, but stdin is not the listening socket: set StandardInput=socket"
-                .into(),
+            "socket-activated, but stdin is not the listening socket (StandardInput=socket)".into(),
         );
     }
     // chown and chmod below go by path: safe only while nobody but root can change what the
@@ -80,13 +79,12 @@ pub fn listen(policy: &Policy) -> Result<UnixListener, String> {
     if let (true, Some(dir)) = (is_root, policy.socket.parent()) {
         crate::policy::root_only_with_ancestors(dir)?;
     }
-    match fs::symlink_metadata(&policy.socket) {
+    let (socket, gid) = (&policy.socket, Gid::from_raw(policy.client_gid));
+    match fs::symlink_metadata(socket) {
         Ok(m) if m.file_type().is_socket() => {
-            fs::remove_file(&policy.socket).map_err(serr("cannot remove the stale socket"))?
+            fs::remove_file(socket).map_err(serr("cannot remove the stale socket"))?
         }
-        Ok(_) => {
-            return Err(format!("{} exists and is not a socket", policy.socket.display()));
-        }
+        Ok(_) => return Err(format!("{} exists and is not a socket", socket.display())),
         Err(_) => {}
     }
     // Created 0600, so no one else can connect before the group and mode are set.
@@ -95,12 +93,8 @@ pub fn listen(policy: &Policy) -> Result<UnixListener, String> {
     nix::sys::stat::umask(umask);
     let listener = bound.map_err(serr("cannot bind the socket"))?;
     if is_root {
-        nix::unistd::chown(
-            &policy.socket,
-            Some(Uid::from_raw(0)),
-            Some(Gid::from_raw(policy.client_gid)),
-        )
-        .map_err(serr("cannot chown the socket"))?;
+        nix::unistd::chown(socket, Some(Uid::from_raw(0)), Some(gid))
+            .map_err(serr("cannot chown the socket"))?;
     }
     fs::set_permissions(&policy.socket, fs::Permissions::from_mode(0o660))
         .map_err(serr("cannot chmod the socket"))?;

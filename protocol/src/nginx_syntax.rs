@@ -322,6 +322,34 @@ pub fn variables(arg: &str) -> Vec<&str> {
     out
 }
 
+/// Whether no `.` or `..` path segment can come out of `arg` when each of its variables holds a
+/// path that starts with `/` and has no such segment (nginx's `$uri` and what is built from it,
+/// given that every URI a conf produces is checked with this too): the text has no all-dots
+/// segment, and no variable is followed by a `.` that a name character does not follow
+/// (`$uri.html` is fine; `$uri.` turns `/` into `/.`, and `$uri.$uri.` then climbs).
+pub fn dot_segment_free(arg: &str) -> bool {
+    let name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let mut rest = arg;
+    while let Some(at) = rest.find('$') {
+        rest = &rest[at + 1..];
+        let end = match rest.strip_prefix('{') {
+            Some(braced) => braced.find('}').map_or(rest.len(), |e| e + 2),
+            None => rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len()),
+        };
+        rest = &rest[end..];
+        if rest
+            .strip_prefix('.')
+            .is_some_and(|after| !after.starts_with(name))
+        {
+            return false;
+        }
+    }
+    !arg.split('/')
+        .any(|s| !s.is_empty() && s.bytes().all(|c| c == b'.'))
+}
+
 /// The port of a `proxy_pass` URL naming a loopback upstream (`http://127.0.0.1:P`,
 /// `http://[::1]:P` or `http://localhost:P`, then nothing or a `/path` without variables), as
 /// nginx would read it; `None` for anything else (another scheme or host, `unix:`, variables).
@@ -537,6 +565,36 @@ mod tests {
         assert!(!alias_fits(&args(&["/img"]), "/srv/x/"));
         assert!(!alias_fits(&args(&["/img/"]), "/srv/x"));
         assert!(!alias_fits(&args(&["@named"]), "/srv/x/"));
+    }
+
+    #[test]
+    fn dot_segments_cannot_be_built() {
+        for ok in [
+            "/x/$uri",
+            "$uri.html",
+            "$uri/index.html",
+            "${uri}.x",
+            "/a.b/$uri",
+            "$uri.-x",
+            "/",
+        ] {
+            assert!(dot_segment_free(ok), "{ok}");
+        }
+        for bad in [
+            "$uri.",
+            "$uri./etc",
+            "$uri.$uri.",
+            "${uri}.",
+            "/.",
+            "/./x",
+            "/x/..",
+            "..",
+            "./x",
+            "$uri/.",
+            "$uri/../x",
+        ] {
+            assert!(!dot_segment_free(bad), "{bad}");
+        }
     }
 
     #[test]
