@@ -501,6 +501,8 @@ mod tests {
         for text in ["a b\\", "a \\", "\\"] {
             assert!(parse(text).is_err(), "{text:?}");
         }
+        // A comment running to the end of the input.
+        assert_eq!(parse("a;#c").unwrap().len(), 1);
         // (A line break inside a token is a control character in it: refused at its line, so
         // counting lines inside tokens cannot change what is accepted.)
         let e = parse("a;\n# c\n\n'x\ny';").unwrap_err();
@@ -565,6 +567,9 @@ mod tests {
         assert!(!alias_fits(&args(&["/img"]), "/srv/x/"));
         assert!(!alias_fits(&args(&["/img/"]), "/srv/x"));
         assert!(!alias_fits(&args(&["@named"]), "/srv/x/"));
+        // `^~` is a prefix location too.
+        assert!(!alias_fits(&args(&["^~", "/img"]), "/srv/x/"));
+        assert!(!alias_fits(&args(&["^~", "/img/"]), "/srv/x"));
     }
 
     #[test]
@@ -640,7 +645,8 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
-        let deep = "a {".repeat(MAX_DEPTH + 1) + &"}".repeat(MAX_DEPTH + 1);
-        assert!(parse(&deep).is_err());
+        let deep = |n: usize| "a {".repeat(n) + &"}".repeat(n);
+        assert!(parse(&deep(MAX_DEPTH)).is_ok());
+        assert!(parse(&deep(MAX_DEPTH + 1)).is_err());
     }
 }
