@@ -15,6 +15,7 @@ fn run(id: &str, deployment: &str, delivery: &str, status: RunStatus, at: i64) -
         finished_at: Some(at + 1),
         log_path: None,
         error: None,
+        entry: None,
     }
 }
 

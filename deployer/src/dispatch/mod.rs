@@ -58,6 +58,10 @@ pub struct DeployRequest {
     pub received_at_ms: i64,
     /// `webhook` or `cli`.
     pub source: String,
+    /// An operator's `deploy NAME --sha X`: deploy exactly `sha` (a deliberate rollback), not
+    /// the branch head. Every other request only triggers a deploy of the head.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 /// The queue directory of deployment `deployment`.
@@ -259,6 +263,7 @@ async fn enqueue(
             before: push.before.clone(),
             received_at_ms: entry.received_at_ms,
             source: "webhook".to_owned(),
+            pinned: false,
         };
         writes.push((
             deploy_queue_dir(config, deployment),

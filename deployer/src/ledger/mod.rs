@@ -8,6 +8,7 @@ mod deliveries;
 mod runs;
 
 pub use deliveries::{Claim, DeliveryRecord, Outcome};
+pub use runs::Fence;
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;

@@ -38,7 +38,7 @@ use self::run::{Disposition, Pending};
 use crate::config::{Config, Deployment};
 use crate::dispatch::{DeployRequest, deploy_queue_dir};
 use crate::github::StatusClient;
-use crate::ledger::Ledger;
+use crate::ledger::{Fence, Ledger};
 use crate::lock::{Locks, deploy_lock};
 use crate::queue::{Consumer, Entry, Queue};
 
@@ -211,39 +211,81 @@ impl Worker {
             // Its file is gone already; this only forgets it.
             complete(consumer, &entry);
         }
+        // The entry name is the idempotency key: an entry that already has its terminal outcome
+        // (found again after a crash, or written again by a dispatcher that retried) is removed
+        // without running anything. An entry that does not match the deployment as configured
+        // now is recorded `ignored`.
         let mut fresh = Vec::new();
-        let mut pending = pending.into_iter();
-        while let Some(p) = pending.next() {
-            match self.ledger.delivery_succeeded(name, &p.req.delivery).await {
-                Ok(true) => {
-                    tracing::info!(deployment = %name, delivery = %p.req.delivery, "already deployed this delivery; dropping the repeat");
+        let mut failed = false;
+        for p in pending {
+            if failed {
+                consumer.release(&p.entry);
+                continue;
+            }
+            match self.ledger.entry_outcome(name, &p.entry).await {
+                Ok(Some(run)) => {
+                    tracing::info!(deployment = %name, entry = %p.entry, status = %run.status, "entry already has its outcome; removing it");
                     complete(consumer, &p.entry);
+                    continue;
                 }
-                Ok(false) => fresh.push(p),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::error!(deployment = %name, error = %e, "ledger unavailable");
-                    lock.release().await;
-                    let all: Vec<Pending> = fresh.into_iter().chain([p]).chain(pending).collect();
-                    release_all(consumer, all.iter().map(|p| p.entry.as_str()));
-                    return false;
+                    consumer.release(&p.entry);
+                    failed = true;
+                    continue;
                 }
             }
+            if let Some(reason) = self.mismatch(&p.req) {
+                let now = run::now_ms();
+                let record = Run {
+                    id: run::new_run_id(),
+                    deployment: name.clone(),
+                    delivery: p.req.delivery.clone(),
+                    sha: p.req.sha.clone(),
+                    source: p.req.source.clone(),
+                    status: RunStatus::Ignored,
+                    started_at: now,
+                    finished_at: Some(now),
+                    log_path: None,
+                    error: Some(reason.clone()),
+                    entry: Some(p.entry.clone()),
+                };
+                tracing::warn!(deployment = %name, entry = %p.entry, reason, "entry ignored");
+                match record_outcome(&self.ledger, &record).await {
+                    Disposition::Complete => complete(consumer, &p.entry),
+                    _ => {
+                        consumer.release(&p.entry);
+                        failed = true;
+                    }
+                }
+                continue;
+            }
+            fresh.push(p);
+        }
+        if failed {
+            lock.release().await;
+            release_all(consumer, fresh.iter().map(|p| p.entry.as_str()));
+            return false;
         }
         if fresh.is_empty() {
             lock.release().await;
             return true;
         }
-        if let Err(e) = self
-            .ledger
-            .close_interrupted_runs(name, run::now_ms())
-            .await
-        {
-            tracing::warn!(deployment = %name, error = %e, "cannot close interrupted runs");
-        }
+        // A run interrupted by a crash is recorded `cancelled` before it is redone.
+        let fence = match self.close_and_fence(name).await {
+            Ok(fence) => fence,
+            Err(e) => {
+                tracing::error!(deployment = %name, error = %e, "ledger unavailable");
+                lock.release().await;
+                release_all(consumer, fresh.iter().map(|p| p.entry.as_str()));
+                return false;
+            }
+        };
 
         let cancel = CancellationToken::new();
         let watcher = tokio::spawn(watch(shutdown.clone(), lock.lost(), cancel.clone()));
-        let outcome = self.execute(fresh, &cancel).await;
+        let outcome = self.execute(fresh, &cancel, &fence).await;
         watcher.abort();
         // Entries leave the queue before the lock is free, so the next holder never sees one
         // that is already recorded.
@@ -251,14 +293,63 @@ impl Worker {
         for (entry, disposition) in outcome {
             match disposition {
                 Disposition::Complete => complete(consumer, &entry),
-                Disposition::Keep => {
-                    kept_by_error |= !cancel.is_cancelled();
+                Disposition::Keep => consumer.release(&entry),
+                Disposition::Retry => {
+                    kept_by_error = true;
                     consumer.release(&entry);
                 }
             }
         }
         lock.release().await;
         !kept_by_error
+    }
+
+    /// Why `req` must not be deployed by this deployment as configured now, if so.
+    fn mismatch(&self, req: &DeployRequest) -> Option<String> {
+        let d = &self.deployment;
+        if !req.repository.eq_ignore_ascii_case(&d.repository) {
+            return Some(format!(
+                "queued for repository {}, but {} now deploys {}",
+                req.repository, d.name, d.repository
+            ));
+        }
+        if req.branch != d.branch {
+            return Some(format!(
+                "queued for branch {}, but {} now deploys branch {}",
+                req.branch, d.name, d.branch
+            ));
+        }
+        None
+    }
+
+    async fn close_and_fence(&self, name: &str) -> Result<Fence, crate::ledger::LedgerError> {
+        let closed = self
+            .ledger
+            .close_interrupted_runs(name, run::now_ms())
+            .await?;
+        if closed > 0 {
+            tracing::warn!(deployment = %name, runs = closed, "closed runs interrupted by a crash as cancelled; redoing them");
+        }
+        self.ledger.take_fence(&deploy_lock(name)).await
+    }
+}
+
+/// Writes `run` (a terminal outcome). `Complete` when it, or an earlier terminal outcome of the
+/// same entry, is in the ledger; `Retry` when neither could be confirmed: the entry then stays
+/// queued, never lost.
+async fn record_outcome(ledger: &Ledger, run: &Run) -> Disposition {
+    match ledger.insert_run(run).await {
+        Ok(()) => Disposition::Complete,
+        Err(e) => {
+            let entry = run.entry.as_deref().unwrap_or_default();
+            match ledger.entry_outcome(&run.deployment, entry).await {
+                Ok(Some(_)) => Disposition::Complete,
+                _ => {
+                    tracing::error!(error = %e, delivery = %run.delivery, status = %run.status, "cannot record a push's outcome; it stays queued");
+                    Disposition::Retry
+                }
+            }
+        }
     }
 }
 
