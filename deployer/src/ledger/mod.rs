@@ -78,6 +78,11 @@ impl Ledger {
         Ok(())
     }
 
+    /// Does the database answer at all? (Tells a failure of one entry from an outage.)
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

@@ -38,6 +38,7 @@ use self::run::{Disposition, Pending};
 use crate::config::{Config, Deployment};
 use crate::dispatch::{DeployRequest, deploy_queue_dir};
 use crate::github::StatusClient;
+use crate::health::{Health, RestartBackoff, join_error_message};
 use crate::ledger::{Fence, Ledger};
 use crate::lock::{Locks, deploy_lock};
 use crate::queue::{Consumer, Entry, Queue};
@@ -105,16 +106,24 @@ pub async fn start(
     ledger: Ledger,
     shutdown: CancellationToken,
 ) -> Result<WorkerSet, WorkerError> {
+    start_supervised(config, ledger, shutdown, Health::default()).await
+}
+
+/// Like [`start`], each worker under a supervisor that restarts it with backoff when it exits
+/// or panics, reporting it to `health` as down until then.
+pub async fn start_supervised(
+    config: Arc<Config>,
+    ledger: Ledger,
+    shutdown: CancellationToken,
+    health: Health,
+) -> Result<WorkerSet, WorkerError> {
     let locks = Locks::from_config(&config).map_err(|e| WorkerError::Startup(e.to_string()))?;
     let github = StatusClient::from_config(&config);
     let helper = sites::Helper::new(&config.helper_socket);
     let mut handles = Vec::new();
     for deployment in config.enabled_deployments() {
         let dir = deploy_queue_dir(&config, &deployment.name);
-        let queue = Queue::open(&dir)
-            .map_err(|e| WorkerError::Startup(format!("queue {}: {e}", dir.display())))?;
-        let consumer = queue
-            .consumer()
+        Queue::open(&dir)
             .map_err(|e| WorkerError::Startup(format!("queue {}: {e}", dir.display())))?;
         let worker = Worker {
             config: Arc::clone(&config),
@@ -124,15 +133,61 @@ pub async fn start(
             github: github.clone(),
             helper: helper.clone(),
         };
-        handles.push(tokio::spawn(worker.run(consumer, shutdown.clone())));
+        handles.push(tokio::spawn(supervise(
+            worker,
+            dir,
+            shutdown.clone(),
+            health.clone(),
+        )));
     }
     Ok(WorkerSet { handles })
+}
+
+/// Runs `worker` until shutdown, restarting it with backoff whenever it exits or panics.
+async fn supervise(worker: Worker, dir: PathBuf, shutdown: CancellationToken, health: Health) {
+    let component = format!("worker {}", worker.deployment.name);
+    let mut backoff = RestartBackoff::default();
+    loop {
+        let started = std::time::Instant::now();
+        let reason = match Queue::open(&dir).and_then(|q| q.consumer()) {
+            Err(e) => format!("cannot open its queue: {e}"),
+            Ok(consumer) => {
+                health.up(&component);
+                match tokio::spawn(worker.clone().run(consumer, shutdown.clone())).await {
+                    Ok(()) if shutdown.is_cancelled() => return,
+                    Ok(()) => "exited".to_owned(),
+                    Err(e) => join_error_message(e),
+                }
+            }
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let wait = backoff.after_run(started.elapsed());
+        tracing::error!(%component, %reason, restart_in = ?wait, "a worker stopped; restarting it");
+        health.down(&component, &format!("{reason}; restarting in {wait:?}"));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// A test hook: `DURHACK_DEPLOYER_TEST_PANIC_FILE` names a file; while it holds a deployment's
+/// name, that deployment's worker panics when it takes a batch (to exercise supervision). Unset
+/// in production, where this does nothing.
+fn injected_panic(name: &str) {
+    if let Some(file) = std::env::var_os("DURHACK_DEPLOYER_TEST_PANIC_FILE")
+        && std::fs::read_to_string(file).is_ok_and(|s| s.trim() == name)
+    {
+        panic!("DURHACK_DEPLOYER_TEST_PANIC_FILE asked worker {name} to panic");
+    }
 }
 
 /// Waits after an error that is not the run's own (queue or ledger unavailable).
 const PAUSE_AFTER_ERROR: Duration = Duration::from_secs(2);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Worker {
     config: Arc<Config>,
     deployment: Deployment,
@@ -158,6 +213,7 @@ impl Worker {
             if batch.is_empty() {
                 continue;
             }
+            injected_panic(&name);
             if !self.handle_batch(&mut consumer, batch, &shutdown).await {
                 pause(&shutdown).await;
             }
