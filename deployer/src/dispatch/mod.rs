@@ -5,8 +5,9 @@
 //! 1. if `E` is already recorded in the ledger, its routing finished: just remove the file;
 //! 2. claim `D` for `E` (insert-if-absent): the first entry to claim an id owns it;
 //! 3. push one deploy-queue entry per deployment, each named exactly like `E`, so doing this
-//!    again after a crash overwrites the same files (and the worker skips a (delivery,
-//!    deployment) that already succeeded);
+//!    again after a crash overwrites the same files (and the worker removes, without running
+//!    it, an entry that already has its terminal outcome in the ledger: the entry name is the
+//!    idempotency key);
 //! 4. record `E` with its outcome; 5. remove `E`.
 //!
 //! A crash anywhere repeats at most steps 2-5 for `E` on restart, with the same result.

@@ -4,9 +4,17 @@
 //! into one run (see [`run`] and [`coalesce`]). Different deployments run concurrently; one
 //! deployment runs one deploy at a time, also across processes, through [`crate::lock`].
 //!
-//! Durability: an entry leaves the queue only after its final state is in the ledger. A crash
-//! mid-run leaves it queued, and the next holder of the lock closes the interrupted run as
-//! cancelled and redoes it. On shutdown a worker takes no new work and gives a running deploy
+//! Durability: the entry name is the idempotency key. An entry leaves the queue only after its
+//! terminal outcome (success, failed, superseded, stale, ignored) is in the ledger; if that
+//! cannot be written it stays and is retried, and an entry found again with an outcome is
+//! removed without running. A crash mid-run leaves it queued, and the next holder of the lock
+//! closes the interrupted run as cancelled and redoes it.
+//!
+//! Fencing: right after taking the deployment's lock the worker takes the next fencing token
+//! from the ledger; success is recorded and sites are published only while it is the latest.
+//!
+//! Supervision: each worker runs under a supervisor that restarts it with backoff if it exits
+//! or panics, reporting it to [`crate::health`] meanwhile. On shutdown a worker takes no new work and gives a running deploy
 //! [`GRACE`]; after that its process group is killed and its entries stay queued.
 //!
 //! Self-update: a deployment of the deployer itself installs the new binary in its commands and
