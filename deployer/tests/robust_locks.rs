@@ -74,16 +74,36 @@ fn alive(pid: i32) -> bool {
 }
 
 fn setup_with(redis_url: &str, marks: &Path) -> (Remote, Setup) {
+    setup_full(redis_url, marks, "", "")
+}
+
+/// `top` and `extra` (for the deployment's table) add a helper and sites.
+fn setup_full(redis_url: &str, marks: &Path, top: &str, extra: &str) -> (Remote, Setup) {
     let repo = Remote::new("main");
     let spec = DeploymentSpec {
         name: "app".into(),
         repository: REPO.into(),
         branch: "main".into(),
         remote: repo.url(),
-        body: body(marks),
+        body: format!("{}\n{extra}", body(marks)),
     };
-    let setup = Setup::new(&format!("redis_url = \"{redis_url}\""), vec![spec]);
+    let setup = Setup::new(&format!("redis_url = \"{redis_url}\"\n{top}"), vec![spec]);
     (repo, setup)
+}
+
+/// Which runs' logs show a site publication through the helper.
+fn published_by(runs: &[deployer::worker::Run]) -> Vec<(String, RunStatus)> {
+    runs.iter()
+        .filter(|r| {
+            r.log_path.as_ref().is_some_and(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l.contains("helper write-site for demo: "))
+            })
+        })
+        .map(|r| (r.id.clone(), r.status))
+        .collect()
 }
 
 #[test]
@@ -98,14 +118,33 @@ fn after_the_lock_key_vanishes_only_one_daemon_records_a_success() {
     ) {
         return;
     }
+    // Sites are published through the real helper into a real nginx: the daemon that lost
+    // its lock must never publish.
+    let Some(nginx) = testkit::nginx::Nginx::start() else {
+        return;
+    };
+    let mut policy = testkit::privhelper::PolicySpec::new(&nginx).site("demo", &["demo.test"]);
+    policy.certbot_argv = vec!["/bin/true".into()];
+    let Some(helper) = testkit::privhelper::PrivHelper::start(&nginx, &policy) else {
+        return;
+    };
     let marks = tempfile::tempdir().unwrap();
-    let (repo, setup) = setup_with(&redis.url(), marks.path());
+    let (repo, setup) = setup_full(
+        &redis.url(),
+        marks.path(),
+        &format!("helper_socket = \"{}\"", helper.socket().display()),
+        r#"sites = { demo = "nginx/demo.conf" }"#,
+    );
     let (mut a, mut b) = two_daemons(&setup);
     a.start();
     b.start();
     let ledger = LedgerView::open(&setup.config().effective_database_url());
 
-    let sha = repo.commit("c1", &[("v", "1")]);
+    let site = format!(
+        "server {{\n    listen {};\n    server_name demo.test;\n    location / {{\n        return 200 \"v1\";\n    }}\n}}\n",
+        nginx.listen()
+    );
+    let sha = repo.commit("c1", &[("v", "1"), ("nginx/demo.conf", &site)]);
     repo.push();
     let body = push_payload(REPO, "main", None, &sha);
     assert_eq!(send_signed(a.port, "push", "flush-1", &body).unwrap(), 202);
@@ -156,6 +195,16 @@ fn after_the_lock_key_vanishes_only_one_daemon_records_a_success() {
         b.log()
     );
     assert_eq!(successes[0].sha, sha);
+    let published = published_by(&runs);
+    assert_eq!(
+        published,
+        vec![(successes[0].id.clone(), RunStatus::Success)],
+        "only the run recorded successful published sites\nA:\n{}\nB:\n{}\nhelper:\n{}",
+        a.log(),
+        b.log(),
+        helper.log()
+    );
+    assert!(nginx.sites_dir().join("demo.conf").exists());
 }
 
 #[test]
