@@ -47,7 +47,7 @@ use crate::config::{Config, Deployment};
 use crate::dispatch::{DeployRequest, deploy_queue_dir};
 use crate::github::StatusClient;
 use crate::health::{Health, RestartBackoff, join_error_message};
-use crate::ledger::{Fence, Ledger};
+use crate::ledger::Ledger;
 use crate::lock::{Locks, deploy_lock};
 use crate::queue::{Consumer, Entry, Queue};
 
@@ -253,6 +253,24 @@ impl Worker {
                 return false;
             }
         };
+        // A run left `running` by a crash is recorded `cancelled` before anything else; its
+        // entry, still queued, is then judged (and redone) like any other.
+        match self
+            .ledger
+            .close_interrupted_runs(name, run::now_ms())
+            .await
+        {
+            Ok(0) => {}
+            Ok(closed) => {
+                tracing::warn!(deployment = %name, runs = closed, "closed runs interrupted by a crash as cancelled");
+            }
+            Err(e) => {
+                tracing::error!(deployment = %name, error = %e, "ledger unavailable");
+                lock.release().await;
+                release_all(consumer, batch.iter().map(|e| e.name.as_str()));
+                return false;
+            }
+        }
         let mut pending = Vec::new();
         let mut gone = Vec::new();
         for entry in batch {
@@ -336,8 +354,7 @@ impl Worker {
             lock.release().await;
             return true;
         }
-        // A run interrupted by a crash is recorded `cancelled` before it is redone.
-        let fence = match self.close_and_fence(name).await {
+        let fence = match self.ledger.take_fence(&deploy_lock(name)).await {
             Ok(fence) => fence,
             Err(e) => {
                 tracing::error!(deployment = %name, error = %e, "ledger unavailable");
@@ -384,17 +401,6 @@ impl Worker {
             ));
         }
         None
-    }
-
-    async fn close_and_fence(&self, name: &str) -> Result<Fence, crate::ledger::LedgerError> {
-        let closed = self
-            .ledger
-            .close_interrupted_runs(name, run::now_ms())
-            .await?;
-        if closed > 0 {
-            tracing::warn!(deployment = %name, runs = closed, "closed runs interrupted by a crash as cancelled; redoing them");
-        }
-        self.ledger.take_fence(&deploy_lock(name)).await
     }
 }
 
