@@ -359,3 +359,25 @@ async fn a_pinned_rollback_deploys_its_commit_until_the_next_push() {
     assert_eq!(built(&env), vec![b, a, c]);
     env.stop().await;
 }
+
+/// A deploy request that cannot be read is moved aside to the quarantine, never deleted, and
+/// the entries behind it are deployed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_request_is_quarantined_not_deleted() {
+    let mut env = Env::new("", FAILS_ON_MARKER).await;
+    let sha = env.repo.commit("c", &[]);
+    env.repo.push();
+    let bad = "01000000000000000000-garbled.json";
+    env.queue().push_named(bad, b"{ not json").unwrap();
+    env.start().await;
+    env.enqueue(&sha, "d1");
+    env.wait_runs("deployed", |r| {
+        r.iter().any(|r| r.status == RunStatus::Success)
+    })
+    .await;
+    env.wait_idle().await;
+    let aside = env.config.queues_dir().join("deploy-app-quarantine");
+    let kept = std::fs::read(aside.join(bad)).expect("moved to the quarantine");
+    assert_eq!(kept, b"{ not json");
+    env.stop().await;
+}

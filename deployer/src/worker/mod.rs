@@ -181,6 +181,13 @@ async fn supervise(worker: Worker, dir: PathBuf, shutdown: CancellationToken, he
     }
 }
 
+/// Where a deployment's unreadable deploy requests are moved: `queues/deploy-<name>-quarantine/`.
+pub fn deploy_quarantine_dir(config: &Config, deployment: &str) -> PathBuf {
+    config
+        .queues_dir()
+        .join(format!("deploy-{deployment}-quarantine"))
+}
+
 /// A test hook: `DURHACK_DEPLOYER_TEST_PANIC_FILE` names a file; while it holds a deployment's
 /// name, that deployment's worker panics when it takes a batch (to exercise supervision). Unset
 /// in production, where this does nothing.
@@ -284,8 +291,20 @@ impl Worker {
                     req,
                 }),
                 Err(e) => {
-                    tracing::error!(deployment = %name, entry = %entry.name, error = %e, "unreadable deploy request; dropping it");
-                    complete(consumer, &entry.name);
+                    // Never deleted: moved aside for a human, out of the way of the others.
+                    let aside = deploy_quarantine_dir(&self.config, name);
+                    match Queue::open(&aside)
+                        .and_then(|q| q.push_named(&entry.name, &entry.contents))
+                    {
+                        Ok(()) => {
+                            tracing::error!(deployment = %name, entry = %entry.name, error = %e, dir = %aside.display(), "unreadable deploy request moved to the quarantine");
+                            complete(consumer, &entry.name);
+                        }
+                        Err(q) => {
+                            tracing::error!(deployment = %name, entry = %entry.name, error = %e, quarantine_error = %q, "unreadable deploy request; cannot move it aside");
+                            consumer.release(&entry.name);
+                        }
+                    }
                 }
             }
         }
