@@ -711,6 +711,12 @@ enabled = false
                 "[deployments.A]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"",
                 "deployments.A",
             ),
+            ("lock_ttl = \"1s\"", "lock_ttl"),
+            ("lock_ttl = \"1h\"", "lock_ttl"),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\ntimeout = \"8d\"",
+                "deployments.a.timeout",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(text).unwrap_err().to_string();
