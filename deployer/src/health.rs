@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
 /// Shared between the supervisors and the HTTP endpoint.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
@@ -35,21 +37,28 @@ impl Health {
     }
 }
 
-/// Restart delays for a supervised component: 1 s doubling to 60 s, reset once it has run
-/// for a minute without failing.
+/// Restart delays for a supervised component: 1 s doubling to 60 s (backon's exponential
+/// backoff), started over once the component has run for a minute without failing.
 #[derive(Debug)]
 pub struct RestartBackoff {
-    next: Duration,
+    delays: ExponentialBackoff,
 }
 
 const RESTART_FIRST: Duration = Duration::from_secs(1);
 const RESTART_MAX: Duration = Duration::from_secs(60);
 
+fn fresh() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(RESTART_FIRST)
+        .with_max_delay(RESTART_MAX)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
+
 impl Default for RestartBackoff {
     fn default() -> Self {
-        Self {
-            next: RESTART_FIRST,
-        }
+        Self { delays: fresh() }
     }
 }
 
@@ -57,11 +66,9 @@ impl RestartBackoff {
     /// The wait before the next restart, given how long the component ran this time.
     pub fn after_run(&mut self, ran_for: Duration) -> Duration {
         if ran_for >= RESTART_MAX {
-            self.next = RESTART_FIRST;
+            self.delays = fresh();
         }
-        let wait = self.next;
-        self.next = (self.next * 2).min(RESTART_MAX);
-        wait
+        self.delays.next().unwrap_or(RESTART_MAX)
     }
 }
 
@@ -77,5 +84,19 @@ pub fn join_error_message(e: tokio::task::JoinError) -> String {
         format!("panicked: {text}")
     } else {
         "cancelled".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_delays_double_up_to_a_minute_and_start_over_after_a_good_run() {
+        let mut b = RestartBackoff::default();
+        let quick = Duration::from_millis(10);
+        let waits: Vec<u64> = (0..8).map(|_| b.after_run(quick).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(b.after_run(Duration::from_secs(61)), RESTART_FIRST);
     }
 }
