@@ -47,6 +47,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub helper_socket: PathBuf,
     pub public_url: Option<String>,
+    /// How long a Redis lock lives without renewal. It is renewed every third of this and
+    /// counted as lost after half of it without a successful renewal.
+    pub lock_ttl: Duration,
     pub github: GithubConfig,
     pub deployments: BTreeMap<String, Deployment>,
 }
@@ -167,6 +170,24 @@ impl FromStr for IpNetwork {
     }
 }
 
+/// The longest timeout `check` accepts: a week. Longer ones cannot be meant, and the largest
+/// values would overflow the clock.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 86400);
+
+/// The default `lock_ttl`, and the bounds on it.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
+const MIN_LOCK_TTL: Duration = Duration::from_secs(3);
+const MAX_LOCK_TTL: Duration = Duration::from_secs(600);
+
+/// [`parse_duration`], refusing anything longer than [`MAX_TIMEOUT`].
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_TIMEOUT {
+        return Err(format!("`{}` is longer than the maximum of 7d", s.trim()));
+    }
+    Ok(d)
+}
+
 /// Parses `90s`, `20m`, `1h30m`, `2h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -222,6 +243,7 @@ struct RawConfig {
     redis_url: Option<String>,
     helper_socket: Option<PathBuf>,
     public_url: Option<String>,
+    lock_ttl: Option<String>,
     github: Option<RawGithub>,
     #[serde(default)]
     deployments: BTreeMap<String, RawDeployment>,
@@ -330,10 +352,31 @@ impl Config {
         {
             return Err(invalid("public_url", "must start with http:// or https://"));
         }
+        let lock_ttl = match raw.lock_ttl.as_deref() {
+            None => DEFAULT_LOCK_TTL,
+            Some(t) => {
+                let ttl = parse_duration(t).map_err(|e| invalid("lock_ttl", e))?;
+                if !(MIN_LOCK_TTL..=MAX_LOCK_TTL).contains(&ttl) {
+                    return Err(invalid("lock_ttl", "must be between 3s and 10m"));
+                }
+                ttl
+            }
+        };
         let github = parse_github(raw.github, env_secret)?;
-        let mut deployments = BTreeMap::new();
+        let mut deployments: BTreeMap<String, Deployment> = BTreeMap::new();
         for (name, d) in raw.deployments {
             let deployment = parse_deployment(&name, d)?;
+            // Two deployments in one working tree would check out over each other's runs.
+            if let Some(other) = deployments.values().find(|o| o.path == deployment.path) {
+                return Err(invalid(
+                    format!("deployments.{name}.path"),
+                    format!(
+                        "{} is already the path of deployment `{}`",
+                        deployment.path.display(),
+                        other.name
+                    ),
+                ));
+            }
             deployments.insert(name, deployment);
         }
         Ok(Self {
@@ -345,6 +388,7 @@ impl Config {
                 .helper_socket
                 .unwrap_or_else(|| PathBuf::from("/run/durhack-privhelper/privhelper.sock")),
             public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            lock_ttl,
             github,
             deployments,
         })
@@ -531,7 +575,7 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
             ));
         }
         let timeout = timeout
-            .map(|t| parse_duration(&t))
+            .map(|t| parse_timeout(&t))
             .transpose()
             .map_err(|e| invalid(format!("{}[{i}].timeout", key("commands")), e))?;
         commands.push(CommandSpec { argv, timeout });
@@ -545,7 +589,7 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
         }
     }
     let timeout = match raw.timeout {
-        Some(t) => parse_duration(&t).map_err(|e| invalid(key("timeout"), e))?,
+        Some(t) => parse_timeout(&t).map_err(|e| invalid(key("timeout"), e))?,
         None => DEFAULT_TIMEOUT,
     };
     for (site, file) in &raw.sites {
@@ -666,6 +710,12 @@ enabled = false
             (
                 "[deployments.A]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"",
                 "deployments.A",
+            ),
+            ("lock_ttl = \"1s\"", "lock_ttl"),
+            ("lock_ttl = \"1h\"", "lock_ttl"),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\ntimeout = \"8d\"",
+                "deployments.a.timeout",
             ),
         ];
         for (text, key) in cases {

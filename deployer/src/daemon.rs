@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dispatch::{self, deploy_queue_dir, inbox_dir};
+use crate::health::{Health, RestartBackoff, join_error_message};
 use crate::http::{self, AppState};
 use crate::ledger::Ledger;
 use crate::queue::Queue;
@@ -62,12 +63,21 @@ pub async fn run_with_ready(
         return Ok(());
     };
     state.attach_ledger(ledger.clone());
-    let dispatcher = tokio::spawn(dispatch::run(
+    let health = state.health();
+    let dispatcher = tokio::spawn(supervise_dispatcher(
         Arc::clone(&config),
         ledger.clone(),
         dispatch_stop.clone(),
+        health.clone(),
     ));
-    let workers = match crate::worker::start(Arc::clone(&config), ledger, shutdown.clone()).await {
+    let workers = match crate::worker::start_supervised(
+        Arc::clone(&config),
+        ledger,
+        shutdown.clone(),
+        health,
+    )
+    .await
+    {
         Ok(w) => w,
         Err(e) => {
             http_stop.cancel();
@@ -81,7 +91,8 @@ pub async fn run_with_ready(
     tracing::info!("started");
 
     let (mut server, mut dispatcher) = (Some(server), Some(dispatcher));
-    // A component that stops by itself is fatal: stop the rest and report it.
+    // The dispatcher and the workers are restarted by their supervisors; the HTTP server
+    // stopping by itself is fatal: stop the rest and report it.
     let failure: Option<anyhow::Error> = tokio::select! {
         () = shutdown.cancelled() => None,
         r = server.as_mut().expect("set above") => {
@@ -94,9 +105,8 @@ pub async fn run_with_ready(
         r = dispatcher.as_mut().expect("set above") => {
             dispatcher = None;
             Some(match r {
-                Ok(Ok(())) => anyhow::anyhow!("the dispatcher stopped"),
-                Ok(Err(e)) => anyhow::Error::from(e).context("the dispatcher failed"),
-                Err(e) => anyhow::Error::from(e).context("the dispatcher panicked"),
+                Ok(()) => anyhow::anyhow!("the dispatcher's supervisor stopped"),
+                Err(e) => anyhow::Error::from(e).context("the dispatcher's supervisor panicked"),
             })
         }
     };
@@ -115,6 +125,43 @@ pub async fn run_with_ready(
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Runs the dispatcher until `stop`, restarting it with backoff whenever it fails or panics;
+/// `health` names it while it is down.
+async fn supervise_dispatcher(
+    config: Arc<Config>,
+    ledger: Ledger,
+    stop: CancellationToken,
+    health: Health,
+) {
+    const COMPONENT: &str = "dispatcher";
+    let mut backoff = RestartBackoff::default();
+    loop {
+        let started = std::time::Instant::now();
+        health.up(COMPONENT);
+        let run = tokio::spawn(dispatch::run(
+            Arc::clone(&config),
+            ledger.clone(),
+            stop.clone(),
+        ));
+        let reason = match run.await {
+            Ok(Ok(())) if stop.is_cancelled() => return,
+            Ok(Ok(())) => "exited".to_owned(),
+            Ok(Err(e)) => format!("failed: {e}"),
+            Err(e) => join_error_message(e),
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        let wait = backoff.after_run(started.elapsed());
+        tracing::error!(%reason, restart_in = ?wait, "the dispatcher stopped; restarting it");
+        health.down(COMPONENT, &format!("{reason}; restarting in {wait:?}"));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
     }
 }
 

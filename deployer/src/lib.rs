@@ -10,6 +10,7 @@
 //! - [`worker`]: one worker per deployment: coalescing, git, commands, sites, reporting;
 //! - [`lock`]: Redis-protocol and local locks;
 //! - [`github`]: commit statuses;
+//! - [`health`]: which supervised components are down, for `GET /`;
 //! - [`daemon`]: `run(config, shutdown)`, which starts all of the above;
 //! - [`cli`]: the command-line interface.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub mod dispatch;
 pub mod github;
+pub mod health;
 pub mod http;
 pub mod ledger;
 pub mod lock;

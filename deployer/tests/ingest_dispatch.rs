@@ -245,6 +245,7 @@ async fn routing_dedup_and_redelivery(url: Option<String>) {
                 finished_at: Some(2),
                 log_path: None,
                 error: None,
+                entry: None,
             })
             .await
             .unwrap();

@@ -517,6 +517,7 @@ async fn run_page_shows_the_record_but_not_the_log() {
             finished_at: Some(2_000),
             log_path: Some("/secret/place/r1.log".into()),
             error: Some("pnpm build exited with status 1".into()),
+            entry: None,
         })
         .await
         .unwrap();

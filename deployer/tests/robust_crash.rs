@@ -1,9 +1,10 @@
 //! Crash suite: a stream of signed pushes for two deployments of one repository with a few
 //! hundred real commits, while the real daemon is killed with SIGKILL at random moments (during
 //! runs, right after an acknowledgement, in the middle of bursts of concurrent deliveries that
-//! arrive out of order) and restarted. At the end every delivery answered 2xx is in the ledger
-//! exactly once, each deployment is at the newest pushed commit, no queue entry is left and no
-//! delivery has two successful runs.
+//! arrive out of order, and force pushes onto commits off the history that the next push rewrites
+//! away) and restarted. At the end every delivery answered 2xx is in the ledger exactly once and
+//! has exactly one terminal outcome for the deployment it was routed to, each deployment's tree
+//! is at its branch head, no queue entry is left and no delivery has two successful runs.
 //!
 //! Bounded by default; `DURHACK_LONG_SUITES=1` (or `scripts/soak.sh`) for the long version.
 //! `DURHACK_SEED=<n>` replays a run.
@@ -36,8 +37,11 @@ struct Sent {
 struct Branch {
     deployment: &'static str,
     branch: &'static str,
-    /// Index into the history of the commit the branch is at.
+    /// Index into the history of the commit the branch is at (or last was, before a force
+    /// push onto a commit off the history).
     at: Option<usize>,
+    /// The commit the branch is at in the remote.
+    head: Option<String>,
 }
 
 struct Stream<'a> {
@@ -59,21 +63,60 @@ impl Stream<'_> {
             if next >= self.history.len() {
                 break;
             }
-            let before = branch.at.map(|i| self.history[i].clone());
+            let before = branch.head.clone();
             let after = self.history[next].clone();
+            // Forced: after a diverging force push this rewrites the branch back onto the
+            // history (the diverged commit is force-pushed away).
             git(
                 &self.repo.work(),
                 &[
                     "push",
                     "--quiet",
+                    "--force",
                     "origin",
-                    &format!("{after}:refs/heads/{}", branch.branch),
+                    &format!("+{after}:refs/heads/{}", branch.branch),
                 ],
             );
             branch.at = Some(next);
+            branch.head = Some(after.clone());
             pushes.push((before, after));
         }
         pushes
+    }
+
+    /// Force-pushes `branch` onto a new commit whose parent is a few commits back: the commits
+    /// in between leave the branch. Returns the push GitHub would send.
+    fn diverge(&mut self, b: usize, back: usize) -> Option<(Option<String>, String)> {
+        let at = self.branches[b].at?;
+        let base = &self.history[at.saturating_sub(back)];
+        self.next_id += 1;
+        let tree = format!("{}^{{tree}}", self.history[at]);
+        let message = format!("diverged {}", self.next_id);
+        let sha = git(
+            &self.repo.work(),
+            &["commit-tree", &tree, "-p", base, "-m", &message],
+        );
+        let branch = &mut self.branches[b];
+        git(
+            &self.repo.work(),
+            &[
+                "push",
+                "--quiet",
+                "--force",
+                "origin",
+                &format!("+{sha}:refs/heads/{}", branch.branch),
+            ],
+        );
+        let before = branch.head.replace(sha.clone());
+        Some((before, sha))
+    }
+
+    fn send_diverged(&mut self, port: u16, b: usize, back: usize) -> Option<Sent> {
+        let (before, after) = self.diverge(b, back)?;
+        let (mut sent, body) = self.prepare(b, before, after);
+        sent.answer = send_signed(port, "push", &sent.delivery, &body).ok();
+        self.sent.push(sent.clone());
+        Some(sent)
     }
 
     fn delivery_id(&mut self) -> String {
@@ -217,22 +260,25 @@ fn deliveries_survive_sigkill_at_random_moments() {
                 deployment: "alpha",
                 branch: "main",
                 at: None,
+                head: None,
             },
             Branch {
                 deployment: "beta",
                 branch: "release",
                 at: None,
+                head: None,
             },
         ],
         sent: Vec::new(),
         next_id: 0,
     };
     let mut kills: BTreeMap<&'static str, u32> = BTreeMap::new();
+    let mut forced: BTreeMap<&'static str, u32> = BTreeMap::new();
     let port = setup.port;
     while kills.values().sum::<u32>() < kills_wanted || stream.sent.len() < deliveries_wanted {
         let kills_so_far: u32 = kills.values().sum();
         let may_kill = kills_so_far < kills_wanted;
-        match rng.below(5) {
+        match rng.below(6) {
             // Ordinary traffic: one push, a step or several ahead.
             0 => {
                 let b = rng.below(2) as usize;
@@ -275,6 +321,14 @@ fn deliveries_survive_sigkill_at_random_moments() {
                 std::thread::sleep(Duration::from_millis(rng.range(0, 400)));
                 daemon.kill9();
                 *kills.entry("at a random moment").or_default() += 1;
+            }
+            // A force push: the branch moves onto a commit off the history, whose delivery
+            // races the next push that rewrites it away again.
+            5 => {
+                let b = rng.below(2) as usize;
+                let back = rng.range(1, 3) as usize;
+                stream.send_diverged(port, b, back);
+                *forced.entry(stream.branches[b].deployment).or_default() += 1;
             }
             _ => {
                 let b = rng.below(2) as usize;
@@ -354,7 +408,7 @@ fn deliveries_survive_sigkill_at_random_moments() {
         .count();
     let mut runs_by_status: BTreeMap<String, usize> = BTreeMap::new();
     let mut successes: HashMap<(String, String), usize> = HashMap::new();
-    let mut final_run_of: HashMap<(String, String), RunStatus> = HashMap::new();
+    let mut terminal_of: HashMap<(String, String), Vec<RunStatus>> = HashMap::new();
     for d in ["alpha", "beta"] {
         for r in ledger.runs(d) {
             *runs_by_status.entry(r.status.to_string()).or_default() += 1;
@@ -363,11 +417,11 @@ fn deliveries_survive_sigkill_at_random_moments() {
                     .entry((d.to_owned(), r.delivery.clone()))
                     .or_default() += 1;
             }
-            if matches!(
-                r.status,
-                RunStatus::Success | RunStatus::Superseded | RunStatus::Stale
-            ) {
-                final_run_of.insert((d.to_owned(), r.delivery.clone()), r.status);
+            if !matches!(r.status, RunStatus::Running | RunStatus::Cancelled) {
+                terminal_of
+                    .entry((d.to_owned(), r.delivery.clone()))
+                    .or_default()
+                    .push(r.status);
             }
         }
     }
@@ -379,7 +433,7 @@ fn deliveries_survive_sigkill_at_random_moments() {
     eprintln!(
         "[robust_crash] {} deliveries sent: {} answered 202, {} unanswered (daemon killed; {} of \
          them recorded anyway), {} other answers; {kills_total} SIGKILLs {kills:?}; {} daemon \
-         starts ({} retried after EADDRINUSE); {} ledger records; runs by status {runs_by_status:?}; {} queue files left \
+         starts ({} retried after EADDRINUSE); force pushes {forced:?}; {} ledger records; runs by status {runs_by_status:?}; {} queue files left \
          (temporaries included); took {:?}",
         stream.sent.len(),
         acked.len(),
@@ -412,16 +466,19 @@ fn deliveries_survive_sigkill_at_random_moments() {
         not_once.len(),
         acked.len()
     );
-    let unresolved: Vec<&str> = acked
+    let not_one_outcome: Vec<(&str, Option<&Vec<RunStatus>>)> = acked
         .iter()
-        .filter(|s| !final_run_of.contains_key(&(s.deployment.to_owned(), s.delivery.clone())))
-        .map(|s| s.delivery.as_str())
+        .map(|s| {
+            let outcomes = terminal_of.get(&(s.deployment.to_owned(), s.delivery.clone()));
+            (s.delivery.as_str(), outcomes)
+        })
+        .filter(|(_, o)| o.is_none_or(|o| o.len() != 1 || o[0] == RunStatus::Failed))
         .collect();
     assert!(
-        unresolved.is_empty(),
-        "{} of {} acknowledged pushes have no final run (deployed, superseded or stale): \
-         {unresolved:?}",
-        unresolved.len(),
+        not_one_outcome.is_empty(),
+        "{} of {} acknowledged pushes do not have exactly one terminal outcome (deployed, \
+         superseded or stale) for the deployment they were routed to: {not_one_outcome:?}",
+        not_one_outcome.len(),
         acked.len()
     );
     let twice: Vec<_> = successes.iter().filter(|(_, n)| **n > 1).collect();

@@ -15,6 +15,7 @@ fn run(id: &str, deployment: &str, delivery: &str, status: RunStatus, at: i64) -
         finished_at: Some(at + 1),
         log_path: None,
         error: None,
+        entry: None,
     }
 }
 
@@ -93,4 +94,59 @@ async fn runs_on_postgres() {
         return;
     };
     runs_round_trip_and_queries(&Ledger::open(&url).await.unwrap()).await;
+}
+
+/// Issue 10: fencing tokens, the fenced success and one terminal outcome per entry.
+async fn fences_and_entry_outcomes(l: &Ledger) {
+    let first = l.take_fence("durhack-deployer:deploy:app").await.unwrap();
+    let second = l.take_fence("durhack-deployer:deploy:app").await.unwrap();
+    assert_eq!((first.token, second.token), (1, 2));
+    assert_eq!(l.take_fence("other").await.unwrap().token, 1);
+    assert!(!l.fence_holds(&first).await.unwrap());
+    assert!(l.fence_holds(&second).await.unwrap());
+
+    let mut r = run("f1", "app", "d1", RunStatus::Running, 10);
+    r.finished_at = None;
+    r.entry = Some("e-1.json".into());
+    l.insert_run(&r).await.unwrap();
+    assert!(l.entry_outcome("app", "e-1.json").await.unwrap().is_none());
+    // The holder of an older token cannot record a success.
+    assert!(!l.finish_run_fenced("f1", 20, &first).await.unwrap());
+    assert_eq!(
+        l.run("f1").await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
+    assert!(l.finish_run_fenced("f1", 20, &second).await.unwrap());
+    let done = l.entry_outcome("app", "e-1.json").await.unwrap().unwrap();
+    assert_eq!((done.id.as_str(), done.status), ("f1", RunStatus::Success));
+
+    // A second terminal outcome for the same entry is refused by the ledger itself.
+    let mut again = run("f2", "app", "d1", RunStatus::Stale, 30);
+    again.entry = Some("e-1.json".into());
+    assert!(l.insert_run(&again).await.is_err());
+    // Cancelled rows may repeat (a run interrupted and redone).
+    for id in ["f3", "f4"] {
+        let mut c = run(id, "app", "d1", RunStatus::Cancelled, 40);
+        c.entry = Some("e-2.json".into());
+        l.insert_run(&c).await.unwrap();
+    }
+    assert!(l.entry_outcome("app", "e-2.json").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn fences_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("l.sqlite3").display()
+    );
+    fences_and_entry_outcomes(&Ledger::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn fences_on_postgres() {
+    let Some(url) = testkit::services::postgres_url() else {
+        return;
+    };
+    fences_and_entry_outcomes(&Ledger::open(&url).await.unwrap()).await;
 }

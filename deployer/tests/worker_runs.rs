@@ -308,8 +308,17 @@ async fn an_unknown_commit_fails_and_an_operator_deploy_redeploys() {
     let sha = env.repo.commit("c", &[]);
     env.repo.push();
     env.start().await;
-    env.enqueue(&"0".repeat(40), "bogus");
-    let runs = env.wait_idle().await;
+    // A push of a commit the branch does not have is stale; a pinned deploy of one fails.
+    env.enqueue(&"0".repeat(40), "bogus-push");
+    let runs = env.wait_runs("the push recorded", |r| r.len() == 1).await;
+    assert_eq!(runs[0].status, RunStatus::Stale, "{runs:#?}");
+    env.enqueue_request(serde_json::json!({
+        "deployment": "app", "delivery": "bogus", "repository": "test-owner/app",
+        "branch": "main", "sha": "0".repeat(40), "before": null, "received_at_ms": 0,
+        "source": "cli", "pinned": true
+    }));
+    let runs = env.wait_runs("the pin recorded", |r| r.len() == 2).await;
+    let runs = &runs[1..];
     assert_eq!(runs[0].status, RunStatus::Failed, "{runs:#?}");
     assert!(
         runs[0]
@@ -332,12 +341,13 @@ async fn an_unknown_commit_fails_and_an_operator_deploy_redeploys() {
             with_status(r, RunStatus::Success).len() == 2
         })
         .await;
-    assert!(with_status(&runs, RunStatus::Stale).is_empty());
+    let cli = runs.iter().find(|r| r.delivery == "cli-1").unwrap();
+    assert_eq!(cli.status, RunStatus::Success, "{runs:#?}");
     env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn diverged_pushes_in_one_batch_fall_back_to_arrival_order() {
+async fn diverged_pushes_in_one_batch_deploy_the_head() {
     let mut env = Env::new(
         "",
         r#"commands = [["sh", "-c", "touch ../markers/started-$DEPLOY_SHA; while [ ! -e ../markers/go ]; do sleep 0.05; done"]]"#,
@@ -357,16 +367,19 @@ async fn diverged_pushes_in_one_batch_fall_back_to_arrival_order() {
     env.repo.reset_hard(&base);
     let second = env.repo.commit("another way", &[("f", "2")]);
     env.repo.force_push();
-    env.enqueue(&first, "d1");
     env.enqueue(&second, "d2");
+    env.enqueue(&first, "d1");
     std::fs::write(markers.join("go"), "").unwrap();
     let runs = env.wait_idle().await;
     let success = with_status(&runs, RunStatus::Success);
     assert_eq!(success.len(), 2, "{runs:#?}");
-    assert_eq!(success[1].sha, second, "the later arrival wins");
-    let superseded = with_status(&runs, RunStatus::Superseded);
-    assert_eq!(superseded.len(), 1, "{runs:#?}");
-    assert_eq!(superseded[0].sha, first);
+    assert_eq!(
+        success[1].sha, second,
+        "the head wins, whatever the arrival order"
+    );
+    let stale = with_status(&runs, RunStatus::Stale);
+    assert_eq!(stale.len(), 1, "{runs:#?}");
+    assert_eq!(stale[0].sha, first, "no longer on the branch");
     assert_eq!(head(&env.deploy_path()), second);
     env.stop().await;
 }

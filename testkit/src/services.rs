@@ -215,6 +215,11 @@ impl PrivateRedis {
         self.child.is_some()
     }
 
+    /// The server's process id while it runs (to SIGSTOP it: a hung server, not a dead one).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn try_start(&mut self) -> Result<(), String> {
         let child = Command::new(&self.program)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])

@@ -1,6 +1,7 @@
-//! `durhack-deployer deploy NAME [--sha SHA]`: queue a deploy of the branch head (as the remote
-//! has it now) or of a given commit, through the same queue as webhooks. An operator's deploy is
-//! never dropped as stale, so it also redeploys the current commit.
+//! `durhack-deployer deploy NAME [--sha SHA]`: queue a deploy of the branch head or of a given
+//! commit, through the same queue as webhooks. Without `--sha` the worker deploys the branch head
+//! as it is when the run starts, even if it is deployed already; with `--sha` it deploys exactly
+//! that commit (a deliberate rollback, recorded with source `pinned`) until the next push.
 
 use std::process::ExitCode;
 
@@ -36,6 +37,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             deployment.name
         );
     }
+    let pinned = args.sha.is_some();
     let sha = match args.sha {
         Some(sha) => {
             let sha = sha.to_ascii_lowercase();
@@ -57,6 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         before: None,
         received_at_ms: i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
         source: "cli".to_owned(),
+        pinned,
     };
     let queue = Queue::open(deploy_queue_dir(&config, &deployment.name))?;
     let entry = queue.push(&delivery, &serde_json::to_vec(&request)?)?;

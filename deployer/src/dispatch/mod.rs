@@ -5,8 +5,9 @@
 //! 1. if `E` is already recorded in the ledger, its routing finished: just remove the file;
 //! 2. claim `D` for `E` (insert-if-absent): the first entry to claim an id owns it;
 //! 3. push one deploy-queue entry per deployment, each named exactly like `E`, so doing this
-//!    again after a crash overwrites the same files (and the worker skips a (delivery,
-//!    deployment) that already succeeded);
+//!    again after a crash overwrites the same files (and the worker removes, without running
+//!    it, an entry that already has its terminal outcome in the ledger: the entry name is the
+//!    idempotency key);
 //! 4. record `E` with its outcome; 5. remove `E`.
 //!
 //! A crash anywhere repeats at most steps 2-5 for `E` on restart, with the same result.
@@ -58,6 +59,10 @@ pub struct DeployRequest {
     pub received_at_ms: i64,
     /// `webhook` or `cli`.
     pub source: String,
+    /// An operator's `deploy NAME --sha X`: deploy exactly `sha` (a deliberate rollback), not
+    /// the branch head. Every other request only triggers a deploy of the head.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 /// The queue directory of deployment `deployment`.
@@ -69,6 +74,15 @@ pub fn deploy_queue_dir(config: &Config, deployment: &str) -> PathBuf {
 pub fn inbox_dir(config: &Config) -> PathBuf {
     config.queues_dir().join("inbox")
 }
+
+/// Inbox entries whose handling kept failing while the ledger worked are moved here.
+pub fn quarantine_dir(config: &Config) -> PathBuf {
+    config.queues_dir().join("inbox-quarantine")
+}
+
+/// Failed attempts at one inbox entry before it is quarantined (if the ledger answers; during
+/// an outage every entry fails, and they all wait instead).
+pub const QUARANTINE_AFTER: u32 = 5;
 
 /// Inbox entries that cannot be parsed are moved here rather than deleted.
 pub fn unreadable_dir(config: &Config) -> PathBuf {
@@ -112,6 +126,7 @@ pub async fn run(
     let inbox = Queue::open(inbox_dir(&config))?;
     let mut consumer = inbox.consumer()?;
     let mut backoff = BACKOFF_MIN;
+    let mut failures: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     loop {
         let batch = consumer.next_batch_up_to(&shutdown, BATCH).await?;
         if batch.is_empty() {
@@ -125,17 +140,35 @@ pub async fn run(
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
+                let attempts = failures.entry(entry.name.clone()).or_default();
+                *attempts += 1;
+                if *attempts >= QUARANTINE_AFTER && ledger.ping().await {
+                    let attempts = *attempts;
+                    failures.remove(&entry.name);
+                    match quarantine(&config, &ledger, &entry, attempts, &e).await {
+                        Ok(()) => {
+                            if let Err(e) = consumer.complete(&entry.name) {
+                                tracing::error!(entry = %entry.name, error = %e, "cannot remove a quarantined entry from the inbox");
+                            }
+                            continue;
+                        }
+                        Err(q) => {
+                            tracing::error!(entry = %entry.name, error = %q, "cannot quarantine an entry");
+                        }
+                    }
+                }
                 tracing::error!(entry = %entry.name, error = %e, retry_in = ?backoff, "dispatch failed; will retry");
                 consumer.release(&entry.name);
                 failed = true;
                 break;
             }
+            failures.remove(&entry.name);
             backoff = BACKOFF_MIN;
             if shutdown.is_cancelled() {
                 break;
             }
         }
-        // Later entries wait for the failed one, so order is kept.
+        // Later entries wait for the failed one (a bounded number of times), so order is kept.
         for entry in pending {
             consumer.release(&entry.name);
         }
@@ -147,6 +180,43 @@ pub async fn run(
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
+}
+
+/// Moves an inbox entry that keeps failing to [`quarantine_dir`] and records it `quarantined`
+/// (best effort: the file is kept either way, for a human to look at).
+async fn quarantine(
+    config: &Config,
+    ledger: &Ledger,
+    entry: &Entry,
+    attempts: u32,
+    error: &DispatchError,
+) -> Result<(), DispatchError> {
+    let dest = Queue::open(quarantine_dir(config))?;
+    dest.push_named(&entry.name, &entry.contents)?;
+    tracing::error!(entry = %entry.name, attempts, %error, "an inbox entry kept failing; moved to the quarantine");
+    if let Ok(parsed) = serde_json::from_slice::<InboxEntry<EventFields>>(&entry.contents) {
+        let routing = route(config, &parsed.event, &parsed.payload);
+        let record = DeliveryRecord {
+            entry: entry.name.clone(),
+            delivery: parsed.delivery.clone(),
+            event: parsed.event.clone(),
+            hook_id: parsed.hook_id.clone(),
+            received_at: parsed.received_at_ms,
+            handled_at: now_ms(),
+            outcome: Outcome::Quarantined,
+            reason: format!(
+                "failed {attempts} times (last: {error}); moved to queues/inbox-quarantine/"
+            ),
+            repository: routing.push.repository.clone(),
+            branch: routing.push.branch.clone(),
+            sha: routing.push.sha.clone(),
+            deployments: Vec::new(),
+        };
+        if let Err(e) = ledger.record_delivery(&record).await {
+            tracing::error!(entry = %entry.name, error = %e, "cannot record a quarantined entry");
+        }
+    }
+    Ok(())
 }
 
 /// Handles one inbox entry, up to and including its ledger record (not the file's removal).
@@ -259,6 +329,7 @@ async fn enqueue(
             before: push.before.clone(),
             received_at_ms: entry.received_at_ms,
             source: "webhook".to_owned(),
+            pinned: false,
         };
         writes.push((
             deploy_queue_dir(config, deployment),

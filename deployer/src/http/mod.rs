@@ -19,6 +19,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{get, post};
 
 use crate::config::{Config, IpNetwork, Secret};
+use crate::health::Health;
 use crate::ledger::Ledger;
 use crate::queue::Queue;
 
@@ -55,6 +56,8 @@ struct Inner {
     started: Arc<AtomicBool>,
     /// Set once the ledger opens; the run pages answer 503 until then.
     ledger: Arc<OnceLock<Ledger>>,
+    /// Supervised components that are down; `GET /` answers 503 while any is.
+    health: Health,
 }
 
 impl AppState {
@@ -69,6 +72,7 @@ impl AppState {
                 body_budget: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_KIB)),
                 started: Arc::new(AtomicBool::new(true)),
                 ledger: Arc::new(OnceLock::new()),
+                health: Health::default(),
             }),
         }
     }
@@ -104,6 +108,11 @@ impl AppState {
     /// Everything behind the endpoint runs: `GET /` answers `ok`.
     pub fn mark_started(&self) {
         self.inner.started.store(true, Ordering::Release);
+    }
+
+    /// The registry the supervisors report to.
+    pub fn health(&self) -> Health {
+        self.inner.health.clone()
     }
 
     /// Gives the run pages their ledger (once; later calls are ignored).
@@ -154,20 +163,33 @@ async fn method_not_allowed(
 }
 
 /// `ok` once the ledger, the dispatcher and the workers run; `starting` (503) before, while
-/// webhooks are already accepted into the inbox.
+/// webhooks are already accepted into the inbox; `degraded` (503) while a supervised component
+/// (the dispatcher, a deployment's worker) is down and waiting to be restarted, naming it.
 async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
     let started = state.inner.started.load(Ordering::Acquire);
+    let down = state.inner.health.down_components();
+    let status = if !started {
+        "starting"
+    } else if !down.is_empty() {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let mut body = serde_json::json!({
+        "status": status,
+        "service": "durhack-deployer",
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    if !down.is_empty() {
+        body["down"] = serde_json::json!(down);
+    }
     (
-        if started {
+        if status == "ok" {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
-        axum::Json(serde_json::json!({
-            "status": if started { "ok" } else { "starting" },
-            "service": "durhack-deployer",
-            "version": env!("CARGO_PKG_VERSION"),
-        })),
+        axum::Json(body),
     )
 }
 

@@ -16,6 +16,9 @@ pub enum Outcome {
     Duplicate,
     /// Nothing to deploy (ping, other events, tags, deletions, unwatched branches).
     Ignored,
+    /// Handling it kept failing while the ledger worked: moved aside to
+    /// `queues/inbox-quarantine/` so the deliveries behind it go on.
+    Quarantined,
 }
 
 impl Outcome {
@@ -24,6 +27,7 @@ impl Outcome {
             Self::Routed => "routed",
             Self::Duplicate => "duplicate",
             Self::Ignored => "ignored",
+            Self::Quarantined => "quarantined",
         }
     }
 }
@@ -35,6 +39,7 @@ impl std::str::FromStr for Outcome {
             "routed" => Ok(Self::Routed),
             "duplicate" => Ok(Self::Duplicate),
             "ignored" => Ok(Self::Ignored),
+            "quarantined" => Ok(Self::Quarantined),
             other => Err(format!("unknown delivery outcome `{other}`")),
         }
     }

@@ -8,6 +8,7 @@ mod deliveries;
 mod runs;
 
 pub use deliveries::{Claim, DeliveryRecord, Outcome};
+pub use runs::Fence;
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
@@ -75,6 +76,11 @@ impl Ledger {
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
         }
         Ok(())
+    }
+
+    /// Does the database answer at all? (Tells a failure of one entry from an outage.)
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
     pub fn pool(&self) -> &AnyPool {

@@ -4,12 +4,19 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Ledger, LedgerError};
+
+/// A fencing token: the `token`-th holder of the lock `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub name: String,
+    pub token: i64,
+}
 use crate::worker::{Run, RunStatus};
 
 /// The columns of `runs`, as a literal so queries stay `&'static str` (sqlx refuses built SQL).
 macro_rules! columns {
     () => {
-        "id, deployment, delivery, sha, source, status, started_at, finished_at, log_path, error"
+        "id, deployment, delivery, sha, source, status, started_at, finished_at, log_path, error, entry"
     };
 }
 
@@ -28,6 +35,7 @@ fn from_row(row: &AnyRow) -> Result<Run, LedgerError> {
         finished_at: row.try_get("finished_at")?,
         log_path: row.try_get("log_path")?,
         error: row.try_get("error")?,
+        entry: row.try_get("entry")?,
     })
 }
 
@@ -37,7 +45,7 @@ impl Ledger {
         sqlx::query(concat!(
             "INSERT INTO runs (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .bind(&run.id)
         .bind(&run.deployment)
@@ -49,6 +57,7 @@ impl Ledger {
         .bind(run.finished_at)
         .bind(&run.log_path)
         .bind(&run.error)
+        .bind(&run.entry)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -70,6 +79,73 @@ impl Ledger {
             .execute(self.pool())
             .await?;
         Ok(())
+    }
+
+    /// Gives a run its final status `success`, but only while `fence` is still the latest token
+    /// of its lock (see [`Ledger::take_fence`]). `Ok(false)`: another holder took the lock since,
+    /// and nothing was written.
+    pub async fn finish_run_fenced(
+        &self,
+        id: &str,
+        finished_at: i64,
+        fence: &Fence,
+    ) -> Result<bool, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'success', finished_at = $1, error = NULL \
+             WHERE id = $2 AND status = 'running' \
+             AND (SELECT token FROM fences WHERE name = $3) = $4",
+        )
+        .bind(finished_at)
+        .bind(id)
+        .bind(&fence.name)
+        .bind(fence.token)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Takes the next fencing token of the lock `name` (the first is 1).
+    pub async fn take_fence(&self, name: &str) -> Result<Fence, LedgerError> {
+        let row = sqlx::query(
+            "INSERT INTO fences (name, token) VALUES ($1, 1) \
+             ON CONFLICT (name) DO UPDATE SET token = fences.token + 1 RETURNING token",
+        )
+        .bind(name)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(Fence {
+            name: name.to_owned(),
+            token: row.try_get("token")?,
+        })
+    }
+
+    /// Is `fence` still the latest token of its lock?
+    pub async fn fence_holds(&self, fence: &Fence) -> Result<bool, LedgerError> {
+        let row = sqlx::query("SELECT token FROM fences WHERE name = $1")
+            .bind(&fence.name)
+            .fetch_optional(self.pool())
+            .await?;
+        let token: Option<i64> = row.map(|r| r.try_get("token")).transpose()?;
+        Ok(token == Some(fence.token))
+    }
+
+    /// The terminal outcome recorded for the deploy-queue entry `entry` of `deployment`, if any.
+    pub async fn entry_outcome(
+        &self,
+        deployment: &str,
+        entry: &str,
+    ) -> Result<Option<Run>, LedgerError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM runs WHERE deployment = $1 AND entry = $2 \
+             AND status IN ('success', 'failed', 'superseded', 'stale', 'ignored') LIMIT 1"
+        ))
+        .bind(deployment)
+        .bind(entry)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(from_row).transpose()
     }
 
     /// Closes `running` rows of `deployment` as cancelled. Only the holder of the deployment's
@@ -111,13 +187,13 @@ impl Ledger {
         Ok(row.map(|r| r.try_get("sha")).transpose()?)
     }
 
-    /// The deployment's most recent runs that did something (not superseded or stale), newest
+    /// The deployment's most recent runs that did something (not superseded, stale or ignored), newest
     /// first.
     pub async fn recent_runs(&self, deployment: &str, limit: i64) -> Result<Vec<Run>, LedgerError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             columns!(),
-            " FROM runs WHERE deployment = $1 AND status NOT IN ('superseded', 'stale') \
+            " FROM runs WHERE deployment = $1 AND status NOT IN ('superseded', 'stale', 'ignored') \
              ORDER BY started_at DESC, id DESC LIMIT $2"
         ))
         .bind(deployment)

@@ -89,7 +89,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 impl Locks {
     pub fn from_config(config: &Config) -> Result<Self, LockError> {
         match &config.redis_url {
-            Some(url) => Ok(Self::Redis(RedisLocks::new(url)?)),
+            Some(url) => Ok(Self::Redis(RedisLocks::new(url)?.with_ttl(config.lock_ttl))),
             None => Ok(Self::Local(LocalLocks::new(config.locks_dir()))),
         }
     }

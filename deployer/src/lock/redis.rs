@@ -9,10 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::LockError;
 
-/// Long enough to ride out a short hiccup, short enough that a crashed holder's lock frees itself
-/// soon; renewed every third of it.
-pub const TTL: Duration = Duration::from_secs(30);
-const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// The default TTL (`lock_ttl`): long enough to ride out a short hiccup, short enough that a
+/// crashed holder's lock frees itself soon. The key is renewed every third of the TTL, and the
+/// holder counts the lock as lost once half the TTL has passed since the last renewal that
+/// succeeded (measured from when it was sent): at that moment the key still has at least half
+/// its TTL to live, so the holder has stopped well before anyone else can take it over.
+pub const TTL: Duration = crate::config::DEFAULT_LOCK_TTL;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 const RENEW: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -30,11 +32,13 @@ end";
 #[derive(Debug, Clone)]
 pub struct RedisLocks {
     client: Client,
+    ttl: Duration,
 }
 
 #[derive(Debug)]
 pub struct RedisGuard {
     client: Client,
+    io_timeout: Duration,
     key: String,
     token: String,
     /// Stops the renewal when the guard is dropped without `release`.
@@ -46,7 +50,14 @@ impl RedisLocks {
     pub fn new(url: &str) -> Result<Self, LockError> {
         Ok(Self {
             client: Client::open(url)?,
+            ttl: TTL,
         })
+    }
+
+    /// The same store with another TTL (`lock_ttl`).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
     }
 
     pub(super) async fn try_acquire(
@@ -54,7 +65,7 @@ impl RedisLocks {
         key: &str,
         lost: CancellationToken,
     ) -> Result<Option<RedisGuard>, LockError> {
-        let mut con = connect(&self.client).await?;
+        let mut con = connect(&self.client, self.io_timeout()).await?;
         let token = random_token();
         let sent = Instant::now();
         let set: Option<String> = redis::cmd("SET")
@@ -62,7 +73,7 @@ impl RedisLocks {
             .arg(&token)
             .arg("NX")
             .arg("PX")
-            .arg(TTL.as_millis() as u64)
+            .arg(self.ttl.as_millis() as u64)
             .query_async(&mut con)
             .await?;
         if set.is_none() {
@@ -70,16 +81,21 @@ impl RedisLocks {
         }
         let stop_renewing = CancellationToken::new();
         let renewer = tokio::spawn(renew(
-            self.client.clone(),
+            Renewal {
+                client: self.client.clone(),
+                key: key.to_owned(),
+                token: token.clone(),
+                ttl: self.ttl,
+                io_timeout: self.io_timeout(),
+            },
             con,
-            key.to_owned(),
-            token.clone(),
             stop_renewing.clone(),
             lost,
             sent,
         ));
         Ok(Some(RedisGuard {
             client: self.client.clone(),
+            io_timeout: self.io_timeout(),
             key: key.to_owned(),
             token,
             stop_renewing: stop_renewing.drop_guard(),
@@ -93,7 +109,7 @@ impl RedisGuard {
         drop(self.stop_renewing);
         let _ = self.renewer.await;
         let released = async {
-            let mut con = connect(&self.client).await?;
+            let mut con = connect(&self.client, self.io_timeout).await?;
             let _: i64 = Script::new(RELEASE)
                 .key(&self.key)
                 .arg(&self.token)
@@ -107,12 +123,23 @@ impl RedisGuard {
     }
 }
 
-async fn connect(client: &Client) -> Result<MultiplexedConnection, LockError> {
+impl RedisLocks {
+    /// No single command may take longer than a sixth of the TTL (nor 5 s), so a hung store is
+    /// noticed while the lock is still ours.
+    fn io_timeout(&self) -> Duration {
+        IO_TIMEOUT.min(self.ttl / 6)
+    }
+}
+
+async fn connect(
+    client: &Client,
+    io_timeout: Duration,
+) -> Result<MultiplexedConnection, LockError> {
     let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(IO_TIMEOUT))
-        .set_response_timeout(Some(IO_TIMEOUT));
+        .set_connection_timeout(Some(io_timeout))
+        .set_response_timeout(Some(io_timeout));
     tokio::time::timeout(
-        IO_TIMEOUT * 2,
+        io_timeout * 2,
         client.get_multiplexed_async_connection_with_config(&config),
     )
     .await
@@ -120,61 +147,87 @@ async fn connect(client: &Client) -> Result<MultiplexedConnection, LockError> {
     .map_err(LockError::from)
 }
 
-/// Keeps the key alive; fires `lost` when the key was taken over, or when no renewal has
-/// succeeded for a whole TTL (from then on another process may hold it).
-async fn renew(
+struct Renewal {
     client: Client,
-    con: MultiplexedConnection,
     key: String,
     token: String,
+    ttl: Duration,
+    io_timeout: Duration,
+}
+
+/// Keeps the key alive, renewing every TTL/3; fires `lost` when the key was taken over or is
+/// gone (a Redis restarted without persistence, a FLUSHALL), or as soon as TTL/2 has passed
+/// without a successful renewal (a store that is down, or hung), whichever comes first.
+async fn renew(
+    r: Renewal,
+    con: MultiplexedConnection,
     stop: CancellationToken,
     lost: CancellationToken,
     set_at: Instant,
 ) {
     let script = Script::new(RENEW);
+    let renew_every = r.ttl / 3;
+    let lost_after = r.ttl / 2;
+    let retry_every = (r.ttl / 20).max(Duration::from_millis(100));
+    let key = &r.key;
     let mut con = Some(con);
     // When the last successful command was sent: the key expires no earlier than TTL after it.
     let mut renewed_at = set_at;
+    let mut failing = false;
     loop {
-        let wait = if renewed_at.elapsed() < RENEW_EVERY {
-            RENEW_EVERY - renewed_at.elapsed()
+        let next = if failing {
+            Instant::now() + retry_every
         } else {
-            Duration::from_secs(1)
+            renewed_at + renew_every
         };
+        let give_up = renewed_at + lost_after;
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep_until(next.min(give_up).into()) => {}
+        }
+        if Instant::now() >= give_up {
+            tracing::error!(lock = %key, "no renewal succeeded for half the lock's TTL: counting the lock as lost");
+            lost.cancel();
+            return;
         }
         let sent = Instant::now();
         let attempt = async {
             let c = match &mut con {
                 Some(c) => c,
-                None => con.insert(connect(&client).await?),
+                None => con.insert(connect(&r.client, r.io_timeout).await?),
             };
             let n: i64 = script
-                .key(&key)
-                .arg(&token)
-                .arg(TTL.as_millis() as u64)
+                .key(key)
+                .arg(&r.token)
+                .arg(r.ttl.as_millis() as u64)
                 .invoke_async(c)
                 .await?;
             Ok::<_, LockError>(n)
         };
-        match attempt.await {
-            Ok(1) => renewed_at = sent,
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep_until(give_up.into()) => {
+                tracing::error!(lock = %key, "no renewal succeeded for half the lock's TTL: counting the lock as lost");
+                lost.cancel();
+                return;
+            }
+            r = attempt => r,
+        };
+        match result {
+            Ok(1) => {
+                renewed_at = sent;
+                failing = false;
+            }
             Ok(_) if stop.is_cancelled() => return,
             Ok(_) => {
-                tracing::error!(lock = %key, "lock taken over by another holder");
+                tracing::error!(lock = %key, "lock key gone or taken over by another holder");
                 lost.cancel();
                 return;
             }
             Err(e) => {
                 con = None;
+                failing = true;
                 tracing::warn!(lock = %key, error = %e, "cannot renew a lock; retrying");
-                if renewed_at.elapsed() >= TTL {
-                    tracing::error!(lock = %key, "lock expired while the store was unreachable");
-                    lost.cancel();
-                    return;
-                }
             }
         }
     }

@@ -1,70 +1,103 @@
-//! Coalescing: of the pushes waiting for a deployment, deploy only the newest commit.
+//! Coalescing: the pushes waiting for a deployment are triggers; what gets deployed is the
+//! branch's current head.
 //!
-//! "Newest" is by history, because GitHub does not promise delivery order: the commit that all
-//! the others are ancestors of. Only when history has diverged (a force push) does arrival order
-//! decide. A push whose commit is already contained in the deployed one is stale: a late or
-//! redelivered push, never deployed, unless it is the branch head itself (a force push back to an
-//! older commit, which must be honoured) or an explicit `deploy` from the command line.
+//! After the fetch, each waiting push is judged against the head `H` alone:
+//! - a push whose commit is not `H` and not an ancestor of `H` is no longer on the branch (it was
+//!   force-pushed away, or is a late delivery from before a force push): `stale`, never checked
+//!   out or built;
+//! - of the pushes on the branch, the last to arrive carries the run, which deploys `H`; the
+//!   others are `superseded` by `H`;
+//! - if `H` is the deployed commit already, every push on the branch is `stale`, unless an
+//!   operator asked for a deploy (`deploy NAME` without `--sha`), which redeploys it.
+//!
+//! An operator's `deploy NAME --sha X` (pinned) deploys exactly `X` when it is the last to
+//! arrive; the next push moves forward to the head again. Nothing here needs the deployed
+//! commit's history, so a deployed commit missing from the checkout (a re-clone after a force
+//! push) changes nothing, and diverged histories need no tie-break.
 
 use super::git::{GitError, Repo};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub sha: String,
-    /// An operator's explicit request, which is never stale.
-    pub explicit: bool,
+    /// `deploy NAME --sha X`: deploy exactly this commit.
+    pub pinned: bool,
+    /// An operator's `deploy NAME`: deploy the head even if it is deployed already.
+    pub forced: bool,
+}
+
+/// What becomes of one candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Carries the run, which deploys [`Plan::target`].
+    Deploy,
+    /// On the branch, but another push carries the run of [`Plan::target`].
+    Superseded,
+    /// Not deployed, with the reason.
+    Stale(String),
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Index of the candidate to deploy.
-    pub deploy: Option<usize>,
-    pub superseded: Vec<usize>,
-    pub stale: Vec<usize>,
+    /// The commit to deploy: the head, or a pinned commit.
+    pub target: Option<String>,
+    /// One decision per candidate, in the candidates' order.
+    pub decisions: Vec<Decision>,
 }
 
-/// `candidates` are in arrival order and all present in `repo`.
+/// `candidates` are in arrival order; pinned ones are present in `repo` (fetched by id before).
 pub async fn plan(
     repo: &Repo,
     candidates: &[Candidate],
+    head: &str,
     deployed: Option<&str>,
-    branch_head: Option<&str>,
 ) -> Result<Plan, GitError> {
+    let mut on_branch = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        let live = c.pinned
+            || c.sha == head
+            || (repo.has_commit(&c.sha).await? && repo.is_ancestor(&c.sha, head).await?);
+        on_branch.push(live);
+    }
     let mut plan = Plan::default();
-    let mut live = Vec::new();
-    for (i, c) in candidates.iter().enumerate() {
-        let stale = match deployed {
-            Some(d) if !c.explicit => {
-                c.sha == d
-                    || (branch_head != Some(c.sha.as_str()) && repo.is_ancestor(&c.sha, d).await?)
-            }
-            _ => false,
-        };
-        if stale {
-            plan.stale.push(i);
+    let carrier = on_branch.iter().rposition(|&l| l);
+    let target = carrier.map(|i| {
+        if candidates[i].pinned {
+            candidates[i].sha.clone()
         } else {
-            live.push(i);
+            head.to_owned()
         }
-    }
-    let Some(&newest_arrival) = live.last() else {
-        return Ok(plan);
+    });
+    let already = match (&target, carrier) {
+        (Some(t), Some(i)) => {
+            !candidates[i].pinned
+                && deployed == Some(t.as_str())
+                && !candidates
+                    .iter()
+                    .zip(&on_branch)
+                    .any(|(c, &l)| l && c.forced)
+        }
+        _ => false,
     };
-    let mut chosen = None;
-    'candidates: for &i in live.iter().rev() {
-        for &j in &live {
-            if candidates[j].sha != candidates[i].sha
-                && !repo
-                    .is_ancestor(&candidates[j].sha, &candidates[i].sha)
-                    .await?
-            {
-                continue 'candidates;
-            }
-        }
-        chosen = Some(i);
-        break;
+    for (i, (c, &live)) in candidates.iter().zip(&on_branch).enumerate() {
+        let decision = if !live {
+            Decision::Stale(format!(
+                "no longer on the branch: {} is not in the history of the head {head}",
+                c.sha
+            ))
+        } else if already {
+            Decision::Stale(format!(
+                "already deployed: {head} is deployed and contains it"
+            ))
+        } else if Some(i) == carrier {
+            Decision::Deploy
+        } else {
+            Decision::Superseded
+        };
+        plan.decisions.push(decision);
     }
-    let chosen = chosen.unwrap_or(newest_arrival);
-    plan.deploy = Some(chosen);
-    plan.superseded = live.into_iter().filter(|&i| i != chosen).collect();
+    if !already {
+        plan.target = target;
+    }
     Ok(plan)
 }

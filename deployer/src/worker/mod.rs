@@ -4,9 +4,17 @@
 //! into one run (see [`run`] and [`coalesce`]). Different deployments run concurrently; one
 //! deployment runs one deploy at a time, also across processes, through [`crate::lock`].
 //!
-//! Durability: an entry leaves the queue only after its final state is in the ledger. A crash
-//! mid-run leaves it queued, and the next holder of the lock closes the interrupted run as
-//! cancelled and redoes it. On shutdown a worker takes no new work and gives a running deploy
+//! Durability: the entry name is the idempotency key. An entry leaves the queue only after its
+//! terminal outcome (success, failed, superseded, stale, ignored) is in the ledger; if that
+//! cannot be written it stays and is retried, and an entry found again with an outcome is
+//! removed without running. A crash mid-run leaves it queued, and the next holder of the lock
+//! closes the interrupted run as cancelled and redoes it.
+//!
+//! Fencing: right after taking the deployment's lock the worker takes the next fencing token
+//! from the ledger; success is recorded and sites are published only while it is the latest.
+//!
+//! Supervision: each worker runs under a supervisor that restarts it with backoff if it exits
+//! or panics, reporting it to [`crate::health`] meanwhile. On shutdown a worker takes no new work and gives a running deploy
 //! [`GRACE`]; after that its process group is killed and its entries stay queued.
 //!
 //! Self-update: a deployment of the deployer itself installs the new binary in its commands and
@@ -38,6 +46,7 @@ use self::run::{Disposition, Pending};
 use crate::config::{Config, Deployment};
 use crate::dispatch::{DeployRequest, deploy_queue_dir};
 use crate::github::StatusClient;
+use crate::health::{Health, RestartBackoff, join_error_message};
 use crate::ledger::Ledger;
 use crate::lock::{Locks, deploy_lock};
 use crate::queue::{Consumer, Entry, Queue};
@@ -105,16 +114,24 @@ pub async fn start(
     ledger: Ledger,
     shutdown: CancellationToken,
 ) -> Result<WorkerSet, WorkerError> {
+    start_supervised(config, ledger, shutdown, Health::default()).await
+}
+
+/// Like [`start`], each worker under a supervisor that restarts it with backoff when it exits
+/// or panics, reporting it to `health` as down until then.
+pub async fn start_supervised(
+    config: Arc<Config>,
+    ledger: Ledger,
+    shutdown: CancellationToken,
+    health: Health,
+) -> Result<WorkerSet, WorkerError> {
     let locks = Locks::from_config(&config).map_err(|e| WorkerError::Startup(e.to_string()))?;
     let github = StatusClient::from_config(&config);
     let helper = sites::Helper::new(&config.helper_socket);
     let mut handles = Vec::new();
     for deployment in config.enabled_deployments() {
         let dir = deploy_queue_dir(&config, &deployment.name);
-        let queue = Queue::open(&dir)
-            .map_err(|e| WorkerError::Startup(format!("queue {}: {e}", dir.display())))?;
-        let consumer = queue
-            .consumer()
+        Queue::open(&dir)
             .map_err(|e| WorkerError::Startup(format!("queue {}: {e}", dir.display())))?;
         let worker = Worker {
             config: Arc::clone(&config),
@@ -124,15 +141,68 @@ pub async fn start(
             github: github.clone(),
             helper: helper.clone(),
         };
-        handles.push(tokio::spawn(worker.run(consumer, shutdown.clone())));
+        handles.push(tokio::spawn(supervise(
+            worker,
+            dir,
+            shutdown.clone(),
+            health.clone(),
+        )));
     }
     Ok(WorkerSet { handles })
+}
+
+/// Runs `worker` until shutdown, restarting it with backoff whenever it exits or panics.
+async fn supervise(worker: Worker, dir: PathBuf, shutdown: CancellationToken, health: Health) {
+    let component = format!("worker {}", worker.deployment.name);
+    let mut backoff = RestartBackoff::default();
+    loop {
+        let started = std::time::Instant::now();
+        let reason = match Queue::open(&dir).and_then(|q| q.consumer()) {
+            Err(e) => format!("cannot open its queue: {e}"),
+            Ok(consumer) => {
+                health.up(&component);
+                match tokio::spawn(worker.clone().run(consumer, shutdown.clone())).await {
+                    Ok(()) if shutdown.is_cancelled() => return,
+                    Ok(()) => "exited".to_owned(),
+                    Err(e) => join_error_message(e),
+                }
+            }
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let wait = backoff.after_run(started.elapsed());
+        tracing::error!(%component, %reason, restart_in = ?wait, "a worker stopped; restarting it");
+        health.down(&component, &format!("{reason}; restarting in {wait:?}"));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Where a deployment's unreadable deploy requests are moved: `queues/deploy-<name>-quarantine/`.
+pub fn deploy_quarantine_dir(config: &Config, deployment: &str) -> PathBuf {
+    config
+        .queues_dir()
+        .join(format!("deploy-{deployment}-quarantine"))
+}
+
+/// A test hook: `DURHACK_DEPLOYER_TEST_PANIC_FILE` names a file; while it holds a deployment's
+/// name, that deployment's worker panics when it takes a batch (to exercise supervision). Unset
+/// in production, where this does nothing.
+fn injected_panic(name: &str) {
+    if let Some(file) = std::env::var_os("DURHACK_DEPLOYER_TEST_PANIC_FILE")
+        && std::fs::read_to_string(file).is_ok_and(|s| s.trim() == name)
+    {
+        panic!("DURHACK_DEPLOYER_TEST_PANIC_FILE asked worker {name} to panic");
+    }
 }
 
 /// Waits after an error that is not the run's own (queue or ledger unavailable).
 const PAUSE_AFTER_ERROR: Duration = Duration::from_secs(2);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Worker {
     config: Arc<Config>,
     deployment: Deployment,
@@ -158,6 +228,7 @@ impl Worker {
             if batch.is_empty() {
                 continue;
             }
+            injected_panic(&name);
             if !self.handle_batch(&mut consumer, batch, &shutdown).await {
                 pause(&shutdown).await;
             }
@@ -189,6 +260,24 @@ impl Worker {
                 return false;
             }
         };
+        // A run left `running` by a crash is recorded `cancelled` before anything else; its
+        // entry, still queued, is then judged (and redone) like any other.
+        match self
+            .ledger
+            .close_interrupted_runs(name, run::now_ms())
+            .await
+        {
+            Ok(0) => {}
+            Ok(closed) => {
+                tracing::warn!(deployment = %name, runs = closed, "closed runs interrupted by a crash as cancelled");
+            }
+            Err(e) => {
+                tracing::error!(deployment = %name, error = %e, "ledger unavailable");
+                lock.release().await;
+                release_all(consumer, batch.iter().map(|e| e.name.as_str()));
+                return false;
+            }
+        }
         let mut pending = Vec::new();
         let mut gone = Vec::new();
         for entry in batch {
@@ -202,8 +291,20 @@ impl Worker {
                     req,
                 }),
                 Err(e) => {
-                    tracing::error!(deployment = %name, entry = %entry.name, error = %e, "unreadable deploy request; dropping it");
-                    complete(consumer, &entry.name);
+                    // Never deleted: moved aside for a human, out of the way of the others.
+                    let aside = deploy_quarantine_dir(&self.config, name);
+                    match Queue::open(&aside)
+                        .and_then(|q| q.push_named(&entry.name, &entry.contents))
+                    {
+                        Ok(()) => {
+                            tracing::error!(deployment = %name, entry = %entry.name, error = %e, dir = %aside.display(), "unreadable deploy request moved to the quarantine");
+                            complete(consumer, &entry.name);
+                        }
+                        Err(q) => {
+                            tracing::error!(deployment = %name, entry = %entry.name, error = %e, quarantine_error = %q, "unreadable deploy request; cannot move it aside");
+                            consumer.release(&entry.name);
+                        }
+                    }
                 }
             }
         }
@@ -211,39 +312,80 @@ impl Worker {
             // Its file is gone already; this only forgets it.
             complete(consumer, &entry);
         }
+        // The entry name is the idempotency key: an entry that already has its terminal outcome
+        // (found again after a crash, or written again by a dispatcher that retried) is removed
+        // without running anything. An entry that does not match the deployment as configured
+        // now is recorded `ignored`.
         let mut fresh = Vec::new();
-        let mut pending = pending.into_iter();
-        while let Some(p) = pending.next() {
-            match self.ledger.delivery_succeeded(name, &p.req.delivery).await {
-                Ok(true) => {
-                    tracing::info!(deployment = %name, delivery = %p.req.delivery, "already deployed this delivery; dropping the repeat");
+        let mut failed = false;
+        for p in pending {
+            if failed {
+                consumer.release(&p.entry);
+                continue;
+            }
+            match self.ledger.entry_outcome(name, &p.entry).await {
+                Ok(Some(run)) => {
+                    tracing::info!(deployment = %name, entry = %p.entry, status = %run.status, "entry already has its outcome; removing it");
                     complete(consumer, &p.entry);
+                    continue;
                 }
-                Ok(false) => fresh.push(p),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::error!(deployment = %name, error = %e, "ledger unavailable");
-                    lock.release().await;
-                    let all: Vec<Pending> = fresh.into_iter().chain([p]).chain(pending).collect();
-                    release_all(consumer, all.iter().map(|p| p.entry.as_str()));
-                    return false;
+                    consumer.release(&p.entry);
+                    failed = true;
+                    continue;
                 }
             }
+            if let Some(reason) = self.mismatch(&p.req) {
+                let now = run::now_ms();
+                let record = Run {
+                    id: run::new_run_id(),
+                    deployment: name.clone(),
+                    delivery: p.req.delivery.clone(),
+                    sha: p.req.sha.clone(),
+                    source: p.req.source.clone(),
+                    status: RunStatus::Ignored,
+                    started_at: now,
+                    finished_at: Some(now),
+                    log_path: None,
+                    error: Some(reason.clone()),
+                    entry: Some(p.entry.clone()),
+                };
+                tracing::warn!(deployment = %name, entry = %p.entry, reason, "entry ignored");
+                match record_outcome(&self.ledger, &record).await {
+                    Disposition::Complete => complete(consumer, &p.entry),
+                    _ => {
+                        consumer.release(&p.entry);
+                        failed = true;
+                    }
+                }
+                continue;
+            }
+            fresh.push(p);
+        }
+        if failed {
+            lock.release().await;
+            release_all(consumer, fresh.iter().map(|p| p.entry.as_str()));
+            return false;
         }
         if fresh.is_empty() {
             lock.release().await;
             return true;
         }
-        if let Err(e) = self
-            .ledger
-            .close_interrupted_runs(name, run::now_ms())
-            .await
-        {
-            tracing::warn!(deployment = %name, error = %e, "cannot close interrupted runs");
-        }
+        let fence = match self.ledger.take_fence(&deploy_lock(name)).await {
+            Ok(fence) => fence,
+            Err(e) => {
+                tracing::error!(deployment = %name, error = %e, "ledger unavailable");
+                lock.release().await;
+                release_all(consumer, fresh.iter().map(|p| p.entry.as_str()));
+                return false;
+            }
+        };
 
         let cancel = CancellationToken::new();
         let watcher = tokio::spawn(watch(shutdown.clone(), lock.lost(), cancel.clone()));
-        let outcome = self.execute(fresh, &cancel).await;
+        let outcome = self.execute(fresh, &cancel, &fence).await;
         watcher.abort();
         // Entries leave the queue before the lock is free, so the next holder never sees one
         // that is already recorded.
@@ -251,14 +393,52 @@ impl Worker {
         for (entry, disposition) in outcome {
             match disposition {
                 Disposition::Complete => complete(consumer, &entry),
-                Disposition::Keep => {
-                    kept_by_error |= !cancel.is_cancelled();
+                Disposition::Keep => consumer.release(&entry),
+                Disposition::Retry => {
+                    kept_by_error = true;
                     consumer.release(&entry);
                 }
             }
         }
         lock.release().await;
         !kept_by_error
+    }
+
+    /// Why `req` must not be deployed by this deployment as configured now, if so.
+    fn mismatch(&self, req: &DeployRequest) -> Option<String> {
+        let d = &self.deployment;
+        if !req.repository.eq_ignore_ascii_case(&d.repository) {
+            return Some(format!(
+                "queued for repository {}, but {} now deploys {}",
+                req.repository, d.name, d.repository
+            ));
+        }
+        if req.branch != d.branch {
+            return Some(format!(
+                "queued for branch {}, but {} now deploys branch {}",
+                req.branch, d.name, d.branch
+            ));
+        }
+        None
+    }
+}
+
+/// Writes `run` (a terminal outcome). `Complete` when it, or an earlier terminal outcome of the
+/// same entry, is in the ledger; `Retry` when neither could be confirmed: the entry then stays
+/// queued, never lost.
+async fn record_outcome(ledger: &Ledger, run: &Run) -> Disposition {
+    match ledger.insert_run(run).await {
+        Ok(()) => Disposition::Complete,
+        Err(e) => {
+            let entry = run.entry.as_deref().unwrap_or_default();
+            match ledger.entry_outcome(&run.deployment, entry).await {
+                Ok(Some(_)) => Disposition::Complete,
+                _ => {
+                    tracing::error!(error = %e, delivery = %run.delivery, status = %run.status, "cannot record a push's outcome; it stays queued");
+                    Disposition::Retry
+                }
+            }
+        }
     }
 }
 

@@ -12,6 +12,9 @@ pub enum RunStatus {
     Superseded,
     Stale,
     Cancelled,
+    /// The entry did not match the deployment as configured when it was taken (repository or
+    /// branch changed since it was queued): recorded with the reason, never deployed.
+    Ignored,
 }
 
 impl RunStatus {
@@ -23,7 +26,14 @@ impl RunStatus {
             Self::Superseded => "superseded",
             Self::Stale => "stale",
             Self::Cancelled => "cancelled",
+            Self::Ignored => "ignored",
         }
+    }
+
+    /// A final outcome for a queue entry: once one is recorded the entry is never run again.
+    /// (`running` is in progress; `cancelled` means interrupted, to be redone.)
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Running | Self::Cancelled)
     }
 }
 
@@ -43,6 +53,7 @@ impl FromStr for RunStatus {
             "superseded" => Self::Superseded,
             "stale" => Self::Stale,
             "cancelled" => Self::Cancelled,
+            "ignored" => Self::Ignored,
             other => return Err(format!("unknown run status `{other}`")),
         })
     }
@@ -55,11 +66,13 @@ pub struct Run {
     pub deployment: String,
     pub delivery: String,
     pub sha: String,
-    /// `webhook` or `cli`.
+    /// `webhook`, `cli`, or `pinned` (an operator's `deploy NAME --sha X`).
     pub source: String,
     pub status: RunStatus,
     pub started_at: i64,
     pub finished_at: Option<i64>,
     pub log_path: Option<String>,
     pub error: Option<String>,
+    /// The deploy-queue entry this row answers for (none on rows older than the column).
+    pub entry: Option<String>,
 }

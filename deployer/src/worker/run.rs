@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::coalesce::{self, Candidate};
+use super::coalesce::{self, Candidate, Decision};
 use super::git::{GitError, Repo};
 use super::log::RunLog;
 use super::process::{self, ProcessError, Spawn};
@@ -16,6 +16,7 @@ use super::sites::{self, SiteError};
 use super::{Run, RunStatus, Worker};
 use crate::dispatch::DeployRequest;
 use crate::github::CommitState;
+use crate::ledger::Fence;
 use crate::lock::NGINX_LOCK;
 
 /// A queue entry waiting to be deployed.
@@ -32,6 +33,9 @@ pub(super) enum Disposition {
     Complete,
     /// Stopped before a final state (shutdown, lost lock): leave it queued to be redone.
     Keep,
+    /// Its outcome could not be recorded (ledger busy or down): leave it queued and try again
+    /// after a pause; this counts towards quarantine.
+    Retry,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,12 @@ enum StepError {
     Sites(#[from] SiteError),
     #[error("stopped before the nginx lock was free")]
     Cancelled,
+    #[error("fenced out: another holder took the deployment's lock")]
+    Fenced,
+    #[error("lost the nginx lock while publishing sites")]
+    NginxLockLost,
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
     #[error("the deployment's timeout of {0:?} ran out")]
     OutOfTime(Duration),
 }
@@ -85,6 +95,8 @@ struct Attempt<'a> {
     /// The deployment's timeout, counted from the run's start.
     deadline: Instant,
     cancel: &'a CancellationToken,
+    /// Our fencing token for the deployment's lock.
+    fence: &'a Fence,
 }
 
 impl Attempt<'_> {
@@ -99,6 +111,7 @@ impl Worker {
         &self,
         pending: Vec<Pending>,
         cancel: &CancellationToken,
+        fence: &Fence,
     ) -> Vec<(String, Disposition)> {
         let run_id = new_run_id();
         let span = tracing::info_span!(
@@ -107,7 +120,7 @@ impl Worker {
             run = %run_id,
             sha = tracing::field::Empty
         );
-        self.execute_run(run_id, pending, cancel)
+        self.execute_run(run_id, pending, cancel, fence)
             .instrument(span)
             .await
     }
@@ -117,10 +130,14 @@ impl Worker {
         run_id: String,
         pending: Vec<Pending>,
         cancel: &CancellationToken,
+        fence: &Fence,
     ) -> Vec<(String, Disposition)> {
         let d = &self.deployment;
         let started = now_ms();
-        let deadline = Instant::now() + d.timeout;
+        // `check` bounds timeouts; checked anyway, so that no value can overflow the clock.
+        let deadline = Instant::now()
+            .checked_add(d.timeout)
+            .unwrap_or_else(|| Instant::now() + crate::config::MAX_TIMEOUT);
         let log_path = self
             .config
             .logs_dir()
@@ -162,19 +179,36 @@ impl Worker {
                     }
                     None => {
                         let error = one_line(&e);
-                        return self
-                            .fail_all(&pending, &run_id, Some(&log_path), &error)
-                            .await;
+                        return self.fail_all(&pending, &run_id, Some(&log), &error).await;
                     }
                 },
             }
         }
+
+        let head = match repo.remote_head(&d.branch).await {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                let error = format!("branch {} is not on the remote", d.branch);
+                log.line(&error);
+                return self.fail_all(&pending, &run_id, Some(&log), &error).await;
+            }
+            Err(e) => {
+                let error = one_line(&e);
+                return self.fail_all(&pending, &run_id, Some(&log), &error).await;
+            }
+        };
+        log.line(&format!("branch {} is at {head}", d.branch));
 
         let mut out = Vec::new();
         let mut present = Vec::new();
         // Whether a recorded push points at this log (then it stays even if nothing deploys).
         let mut log_referenced = false;
         for p in pending {
+            if !p.req.pinned {
+                present.push(p);
+                continue;
+            }
+            // A pinned commit need not be on the branch: fetch it by id if it is not here.
             let remaining = deadline.saturating_duration_since(Instant::now());
             match repo
                 .ensure_commit(&p.req.sha, &log, cancel, remaining)
@@ -187,16 +221,17 @@ impl Worker {
                 Err(e) => {
                     let error = one_line(&e);
                     log.line(&format!("push {} ({}): {error}", p.req.delivery, p.req.sha));
-                    self.record_final(
-                        &p,
-                        &new_run_id(),
-                        RunStatus::Failed,
-                        Some(&log_path),
-                        &error,
-                    )
-                    .await;
+                    let disposition = self
+                        .record_final(
+                            &p,
+                            &new_run_id(),
+                            RunStatus::Failed,
+                            Some(&log_path),
+                            &error,
+                        )
+                        .await;
                     log_referenced = true;
-                    out.push((p.entry, Disposition::Complete));
+                    out.push((p.entry, disposition));
                 }
             }
         }
@@ -206,57 +241,51 @@ impl Worker {
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the deployed commit; will retry");
                 log.line(&format!("ledger unavailable ({e}); the pushes stay queued"));
-                out.extend(present.into_iter().map(|p| (p.entry, Disposition::Keep)));
+                out.extend(present.into_iter().map(|p| (p.entry, Disposition::Retry)));
                 return out;
             }
         };
-        let head = repo.remote_head(&d.branch).await.ok().flatten();
         let candidates: Vec<Candidate> = present
             .iter()
             .map(|p| Candidate {
                 sha: p.req.sha.clone(),
-                explicit: p.req.source == "cli",
+                pinned: p.req.pinned,
+                forced: p.req.source == "cli" && !p.req.pinned,
             })
             .collect();
-        let plan =
-            match coalesce::plan(&repo, &candidates, deployed.as_deref(), head.as_deref()).await {
-                Ok(plan) => plan,
-                Err(e) => {
-                    let error = one_line(&e);
-                    let mut failed = self
-                        .fail_all(&present, &run_id, Some(&log_path), &error)
-                        .await;
-                    out.append(&mut failed);
-                    return out;
-                }
-            };
-        let mut chosen = None;
-        for (i, p) in present.into_iter().enumerate() {
-            if plan.deploy == Some(i) {
-                chosen = Some(p);
-                continue;
+        let plan = match coalesce::plan(&repo, &candidates, &head, deployed.as_deref()).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                let error = one_line(&e);
+                let mut failed = self.fail_all(&present, &run_id, Some(&log), &error).await;
+                out.append(&mut failed);
+                return out;
             }
-            let (status, error) = if plan.stale.contains(&i) {
-                (
-                    RunStatus::Stale,
-                    format!(
-                        "already deployed: {} contains it",
-                        deployed.as_deref().unwrap_or("?")
-                    ),
-                )
-            } else {
-                let newer = plan.deploy.map_or("?", |c| candidates[c].sha.as_str());
-                (RunStatus::Superseded, format!("superseded by {newer}"))
+        };
+        let target = plan.target.clone();
+        let mut chosen = None;
+        for (p, decision) in present.into_iter().zip(plan.decisions) {
+            let (status, error) = match decision {
+                Decision::Deploy => {
+                    chosen = Some(p);
+                    continue;
+                }
+                Decision::Stale(reason) => (RunStatus::Stale, reason),
+                Decision::Superseded => (
+                    RunStatus::Superseded,
+                    format!("superseded by {}", target.as_deref().unwrap_or("?")),
+                ),
             };
             log.line(&format!(
                 "push {} ({}): {status}: {error}",
                 p.req.delivery, p.req.sha
             ));
-            self.record_final(&p, &new_run_id(), status, None, &error)
+            let disposition = self
+                .record_final(&p, &new_run_id(), status, None, &error)
                 .await;
-            out.push((p.entry, Disposition::Complete));
+            out.push((p.entry, disposition));
         }
-        let Some(chosen) = chosen else {
+        let (Some(chosen), Some(target)) = (chosen, target) else {
             log.line("nothing to deploy");
             // A log that no record points at would only confuse `logs`.
             if !log_referenced {
@@ -271,45 +300,58 @@ impl Worker {
             started,
             deadline,
             cancel,
+            fence,
         };
-        let disposition = self.deploy(&attempt, &chosen, deployed.as_deref()).await;
+        let disposition = self
+            .deploy(&attempt, &chosen, &target, deployed.as_deref())
+            .await;
         out.push((chosen.entry, disposition));
         out
     }
 
-    async fn deploy(&self, a: &Attempt<'_>, p: &Pending, deployed: Option<&str>) -> Disposition {
+    async fn deploy(
+        &self,
+        a: &Attempt<'_>,
+        p: &Pending,
+        sha: &str,
+        deployed: Option<&str>,
+    ) -> Disposition {
         let (run_id, log, started, cancel) = (a.id, a.log, a.started, a.cancel);
         let d = &self.deployment;
-        let sha = &p.req.sha;
-        tracing::Span::current().record("sha", sha.as_str());
+        tracing::Span::current().record("sha", sha);
         let run = Run {
             id: run_id.to_owned(),
             deployment: d.name.clone(),
             delivery: p.req.delivery.clone(),
-            sha: sha.clone(),
-            source: p.req.source.clone(),
+            sha: sha.to_owned(),
+            source: source_of(p),
             status: RunStatus::Running,
             started_at: started,
             finished_at: None,
             log_path: Some(log.path().to_string_lossy().into_owned()),
             error: None,
+            entry: Some(p.entry.clone()),
         };
         if let Err(e) = self.ledger.insert_run(&run).await {
             tracing::error!(error = %e, "cannot record the run; the push stays queued");
             log.line(&format!("ledger unavailable ({e}); the push stays queued"));
-            return Disposition::Keep;
+            return Disposition::Retry;
         }
         tracing::info!(delivery = %p.req.delivery, "deploying");
         log.line(&format!(
-            "deploying {sha} of {} {} (delivery {}, from {})",
-            d.repository, d.branch, p.req.delivery, p.req.source
+            "deploying {sha} of {} {} (delivery {} of {}, from {})",
+            d.repository,
+            d.branch,
+            p.req.delivery,
+            p.req.sha,
+            source_of(p)
         ));
         self.report(sha, run_id, CommitState::Pending, "Deploying")
             .await;
 
-        let result = self.steps(a, p, deployed).await;
+        let result = self.steps(a, p, sha, deployed).await;
         let finished = now_ms();
-        let (status, error) = match &result {
+        let (mut status, mut error) = match &result {
             Ok(()) => (RunStatus::Success, None),
             Err(_) if cancel.is_cancelled() => (
                 RunStatus::Cancelled,
@@ -318,21 +360,52 @@ impl Worker {
                         .to_owned(),
                 ),
             ),
+            Err(StepError::Fenced) => (
+                RunStatus::Cancelled,
+                Some(
+                    "another holder took the deployment's lock; this run stopped before publishing"
+                        .to_owned(),
+                ),
+            ),
             Err(e) => (RunStatus::Failed, Some(one_line(e))),
         };
         let secs = (finished - started) / 1000;
+        let recorded = if status == RunStatus::Success {
+            // Success is written only while our fencing token is the latest: a process that
+            // lost its lock can never record one.
+            match self
+                .ledger
+                .finish_run_fenced(run_id, finished, a.fence)
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    status = RunStatus::Cancelled;
+                    error = Some(
+                        "another holder took the deployment's lock during this run; not recorded as a success"
+                            .to_owned(),
+                    );
+                    tracing::error!("fenced out: another process holds the deployment's lock");
+                    self.ledger
+                        .finish_run(run_id, status, finished, error.as_deref())
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            self.ledger
+                .finish_run(run_id, status, finished, error.as_deref())
+                .await
+        };
         log.line(&match &error {
             None => format!("run {run_id}: success in {secs}s"),
             Some(e) => format!("run {run_id}: {status}: {e}"),
         });
-        if let Err(e) = self
-            .ledger
-            .finish_run(run_id, status, finished, error.as_deref())
-            .await
-        {
-            // Unrecorded, the run is redone from the queue: safer than losing it.
+        if let Err(e) = recorded {
+            // Unrecorded, the run is redone from the queue (closed as cancelled first): safer
+            // than losing it.
             tracing::error!(error = %e, "cannot record the run's end; the push stays queued");
-            return Disposition::Keep;
+            return Disposition::Retry;
         }
         match status {
             RunStatus::Success => {
@@ -364,11 +437,11 @@ impl Worker {
         &self,
         a: &Attempt<'_>,
         p: &Pending,
+        sha: &str,
         deployed: Option<&str>,
     ) -> Result<(), StepError> {
         let (repo, log, cancel) = (a.repo, a.log, a.cancel);
         let d = &self.deployment;
-        let sha = &p.req.sha;
         repo.checkout(sha, log, cancel, a.remaining()).await?;
         let changed = match deployed {
             Some(prev) if repo.has_commit(prev).await? => {
@@ -383,7 +456,7 @@ impl Worker {
             d.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.extend([
             ("DEPLOY_NAME".into(), d.name.clone()),
-            ("DEPLOY_SHA".into(), sha.clone()),
+            ("DEPLOY_SHA".into(), sha.to_owned()),
             ("DEPLOY_REF".into(), format!("refs/heads/{}", d.branch)),
             ("DEPLOY_DELIVERY".into(), p.req.delivery.clone()),
             (
@@ -418,21 +491,39 @@ impl Worker {
             let Some(lock) = self.locks.acquire(NGINX_LOCK, cancel).await else {
                 return Err(StepError::Cancelled);
             };
-            let published = sites::publish(
-                &self.helper,
-                d,
-                &self.config.state_dir,
-                changed.as_deref(),
-                log,
-            )
-            .await;
+            // Sites are published only by the holder of the deployment's latest fencing token,
+            // and only while both locks hold.
+            let fenced = match self.ledger.fence_holds(a.fence).await {
+                Ok(holds) => !holds,
+                Err(e) => {
+                    lock.release().await;
+                    return Err(StepError::Ledger(e));
+                }
+            };
+            if fenced || cancel.is_cancelled() {
+                lock.release().await;
+                return Err(StepError::Fenced);
+            }
+            let nginx_lost = lock.lost();
+            let published = tokio::select! {
+                r = sites::publish(
+                    &self.helper,
+                    d,
+                    &self.config.state_dir,
+                    changed.as_deref(),
+                    log,
+                ) => r.map_err(StepError::from),
+                () = nginx_lost.cancelled() => Err(StepError::NginxLockLost),
+                () = cancel.cancelled() => Err(StepError::Cancelled),
+            };
             lock.release().await;
             published?;
         }
         Ok(())
     }
 
-    /// Records one push in a final state without a run of its own.
+    /// Records one push in a final state without a run of its own. The entry may leave the
+    /// queue only if this (or an earlier) terminal record is in the ledger.
     async fn record_final(
         &self,
         p: &Pending,
@@ -440,23 +531,22 @@ impl Worker {
         status: RunStatus,
         log_path: Option<&PathBuf>,
         error: &str,
-    ) {
+    ) -> Disposition {
         let now = now_ms();
         let run = Run {
             id: id.to_owned(),
             deployment: self.deployment.name.clone(),
             delivery: p.req.delivery.clone(),
             sha: p.req.sha.clone(),
-            source: p.req.source.clone(),
+            source: source_of(p),
             status,
             started_at: now,
             finished_at: Some(now),
             log_path: log_path.map(|l| l.to_string_lossy().into_owned()),
             error: Some(error.to_owned()),
+            entry: Some(p.entry.clone()),
         };
-        if let Err(e) = self.ledger.insert_run(&run).await {
-            tracing::error!(error = %e, delivery = %p.req.delivery, %status, "cannot record a push");
-        }
+        super::record_outcome(&self.ledger, &run).await
     }
 
     /// Fails every push of a run that broke before one was chosen (fetch, history): each gets a
@@ -465,22 +555,35 @@ impl Worker {
         &self,
         pending: &[Pending],
         run_id: &str,
-        log_path: Option<&PathBuf>,
+        log: Option<&RunLog>,
         error: &str,
     ) -> Vec<(String, Disposition)> {
+        let log_path = log.map(|l| l.path().to_path_buf());
+        let log_path = log_path.as_ref();
         tracing::warn!(error, "run failed before a commit was chosen");
         let mut out = Vec::new();
+        let mut reported = false;
         for (i, p) in pending.iter().enumerate() {
             let id = if i + 1 == pending.len() {
                 run_id.to_owned()
             } else {
                 new_run_id()
             };
-            self.record_final(p, &id, RunStatus::Failed, log_path, error)
+            let disposition = self
+                .record_final(p, &id, RunStatus::Failed, log_path, error)
                 .await;
-            out.push((p.entry.clone(), Disposition::Complete));
+            if disposition != Disposition::Complete
+                && let Some(log) = log
+            {
+                log.line(&format!(
+                    "push {} ({}): cannot record its failure; it stays queued and is retried",
+                    p.req.delivery, p.req.sha
+                ));
+            }
+            reported |= disposition == Disposition::Complete;
+            out.push((p.entry.clone(), disposition));
         }
-        if let Some(last) = pending.last() {
+        if let Some(last) = pending.last().filter(|_| reported) {
             self.report(&last.req.sha, run_id, CommitState::Failure, error)
                 .await;
         }
@@ -499,6 +602,15 @@ impl Worker {
         {
             tracing::warn!(error = %e, ?state, "cannot report the commit status to GitHub");
         }
+    }
+}
+
+/// The `source` a run row records: `pinned` for `deploy NAME --sha X`.
+fn source_of(p: &Pending) -> String {
+    if p.req.pinned {
+        "pinned".to_owned()
+    } else {
+        p.req.source.clone()
     }
 }
 

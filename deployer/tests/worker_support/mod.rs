@@ -121,18 +121,25 @@ impl Env {
     }
 
     pub fn enqueue_from(&self, sha: &str, delivery: &str, source: &str) -> String {
-        let request = DeployRequest {
-            deployment: "app".into(),
-            delivery: delivery.into(),
-            repository: "test-owner/app".into(),
-            branch: self.repo.branch().into(),
-            sha: sha.into(),
-            before: None,
-            received_at_ms: 0,
-            source: source.into(),
-        };
+        self.enqueue_request(serde_json::json!({
+            "deployment": "app",
+            "delivery": delivery,
+            "repository": "test-owner/app",
+            "branch": self.repo.branch(),
+            "sha": sha,
+            "before": null,
+            "received_at_ms": 0,
+            "source": source,
+        }))
+    }
+
+    /// Queues a request given as JSON (the deploy queue's file format), under `delivery`.
+    pub fn enqueue_request(&self, request: serde_json::Value) -> String {
+        let delivery = request["delivery"].as_str().expect("a delivery").to_owned();
+        // Checks the JSON is a request this version reads.
+        let _: DeployRequest = serde_json::from_value(request.clone()).expect("a deploy request");
         self.queue()
-            .push(delivery, &serde_json::to_vec(&request).unwrap())
+            .push(&delivery, &serde_json::to_vec(&request).unwrap())
             .unwrap()
     }
 
