@@ -527,6 +527,8 @@ mod tests {
             "server;",
             "server { listen 80; }",
             "server { server_name durhack.com; }",
+            "server { listen 80; root /srv/durhack; }",
+            "server { server_name durhack.com; root /srv/durhack; }",
             "server { server_name durhack.com; ",
             "server { server_name durhack.com; } }",
             "server { server_name durhack.com }",
@@ -535,6 +537,12 @@ mod tests {
         ] {
             assert!(check(&p, &site(), text).is_err(), "should be refused:\n{text}");
         }
+        // A refusal says where and what.
+        let why = check(&p, &site(), &server("\n load_module /x.so;")).unwrap_err();
+        assert!(why.starts_with("line 5: \"load_module\": "), "{why}");
+        let names: Vec<&str> = allowed_directives().collect();
+        assert!(names.contains(&"server") && names.contains(&"proxy_pass"), "{names:?}");
+        assert!(!names.contains(&"load_module") && !names.contains(&"disable_symlinks"));
         // A site outside the policy is refused whatever its conf.
         let unknown = SiteName::try_from("unknown").unwrap();
         assert!(check(&p, &unknown, &server("")).is_err());
