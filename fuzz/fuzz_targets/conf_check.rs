@@ -1,6 +1,6 @@
 //! The nginx-syntax parser and the helper's conf checker: no panic on any text; whatever the
 //! checker accepts only names the site's domains and parses to server blocks; and what it would
-//! write reads back as exactly the checked tree (plus the injected `disable_symlinks`).
+//! write reads back as exactly the checked tree (plus the injected directives).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
         let directives = parsed.expect("accepted text parses");
         let mut expected = directives.clone();
         for server in &mut expected {
-            let injected = nginx_syntax::parse("disable_symlinks if_not_owner;").expect("parses");
+            let injected = nginx_syntax::parse(privhelper::checker::INJECTED).expect("parses");
             server.block.as_mut().expect("server block").splice(0..0, injected);
         }
         let reread = nginx_syntax::parse(&written).expect("the written text parses");

@@ -40,8 +40,10 @@ const FILE_VARS: &[&str] = &["uri", "document_uri", "document_root", "request_fi
 const REDIRECT_VARS: &[&str] =
     &["scheme", "host", "server_name", "server_port", "request_uri", "is_args", "args"];
 
-/// What [`check`] injects into every server block.
-const INJECTED: [&str; 2] = ["disable_symlinks", "if_not_owner"];
+/// What [`check`] puts first in every server block: symlinks are followed only owner to owner,
+/// and a backend cannot redirect nginx internally (`X-Accel-Redirect: /..?` becomes `$uri`
+/// `/..`: nginx splits an internal redirect's target at `?`).
+pub const INJECTED: &str = "disable_symlinks if_not_owner; proxy_ignore_headers X-Accel-Redirect;";
 
 /// The names on the allow-list, for documentation and `check`.
 pub fn allowed_directives() -> impl Iterator<Item = &'static str> {
@@ -80,8 +82,7 @@ pub fn check(policy: &Policy, site: &SiteName, text: &str) -> Result<String, Str
             proxy_ports: &s.proxy_ports,
         };
         ctx.block(block, None)?;
-        let [name, arg] = INJECTED.map(String::from);
-        block.insert(0, Directive { name, args: vec![arg], block: None, line: 0 });
+        block.splice(0..0, nginx_syntax::parse(INJECTED).map_err(|e| e.to_string())?);
     }
     let header = format!("# written by durhack-privhelper for site {site}; edits are lost\n");
     Ok(header + &nginx_syntax::render(&directives))
@@ -177,6 +178,11 @@ impl Ctx<'_> {
             "try_files" if d.args.iter().any(|a| !a.starts_with(['/', '$', '=', '@'])) => {
                 Err(refuse(d, "its values must start with /, a variable, = or @"))
             }
+            // The last value of these is an internal redirect, whose target nginx splits at `?`
+            // (`GET /..%3F` makes `$uri` `/..?`): literal only.
+            "try_files" | "error_page" if !last.starts_with(['=', '@']) && last.contains('$') => {
+                Err(refuse(d, "its internal redirect takes no variables"))
+            }
             "try_files" | "index" | "error_page" => self.vars(d, &d.args, false),
             // An internal rewrite sets the URI later mapped to a file: no variables at all (a
             // capture, or `$uri` plus dots, can climb out); a redirect only names a place.
@@ -223,9 +229,16 @@ impl Ctx<'_> {
             ));
         }
         // `$uri` is normalised only as read from the request: every URI a conf makes is checked.
-        if !redirect && args.iter().any(|a| a.contains("..") || !nginx_syntax::dot_segment_free(a))
-        {
-            return Err(refuse(d, "no \"..\", \".\" segment or variable followed by \".\" here"));
+        // One variable at most, so a `$uri` that nginx ever let be `/..` could climb one level,
+        // never to `/` (`$uri$uri$uri/etc/passwd`).
+        let unsafe_path = |a: &String| {
+            a.contains("..") || variables(a).len() > 1 || !nginx_syntax::dot_segment_free(a)
+        };
+        if !redirect && args.iter().any(unsafe_path) {
+            return Err(refuse(
+                d,
+                "no \"..\", \".\" segment, second variable or variable and \".\" here",
+            ));
         }
         match args.iter().flat_map(|a| variables(a)).find(|v| !allowed(v)) {
             // It may carry raw client input into a path or URL.
@@ -337,15 +350,12 @@ mod tests {
         assert_eq!(
             written,
             "# written by durhack-privhelper for site durhack; edits are lost\n\
-             server {\n    disable_symlinks \"if_not_owner\";\n    listen \"80\";\n    server_name \"durhack.com\";\n    \
+             server {\n    disable_symlinks \"if_not_owner\";\n    proxy_ignore_headers \"X-Accel-Redirect\";\n    listen \"80\";\n    server_name \"durhack.com\";\n    \
              root \"/srv/durhack\";\n    location \"/\" {\n        add_header \"X\" \"a\\\"b${x}\";\n    }\n}\n"
         );
         // Checking what it wrote gives the same text: the rendering is a fixed point.
-        let again = check(
-            &p,
-            &site(),
-            &written.replacen("    disable_symlinks \"if_not_owner\";\n", "", 1),
-        );
+        let injected = "    disable_symlinks \"if_not_owner\";\n    proxy_ignore_headers \"X-Accel-Redirect\";\n";
+        let again = check(&p, &site(), &written.replacen(injected, "", 1));
         assert_eq!(again.as_deref(), Ok(written.as_str()));
     }
 
@@ -637,5 +647,23 @@ mod tests {
             assert!(check(&p, &site(), &server(body)).is_err(), "{body}");
         }
         assert!(check(&p, &site(), &server("if (!-f $request_filename) { return 404; }")).is_ok());
+    }
+    #[test]
+    fn fourth_review_variables_in_internal_redirect_targets_are_refused() {
+        // `GET /..%3F`: `$uri` is `/..?` (normalisation sees the segment `..?`); an internal
+        // redirect to a value holding it is split at `?` (ngx_http_split_args): `$uri` = `/..`.
+        let p = policy();
+        let mut accepted = Vec::new();
+        for body in [
+            "location / { try_files $uri$uri$uri$uri/etc/passwd $uri; }",
+            "location / { error_page 404 /$uri; try_files $uri$uri$uri$uri/etc/passwd =404; }",
+            "location ~ \"[?]\" { try_files /x $uri; } location / { try_files $uri$uri$uri/etc/passwd =404; }",
+            "location / { try_files /x $request_filename; }",
+        ] {
+            if check(&p, &site(), &server(body)).is_ok() {
+                accepted.push(body);
+            }
+        }
+        assert!(accepted.is_empty(), "accepted: {accepted:#?}");
     }
 }

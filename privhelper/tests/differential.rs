@@ -8,7 +8,7 @@
 //!
 //!   nginx's tree of `written` == `parse(written)` == the checked tree,
 //!
-//! where the checked tree is `parse(client text)` with `disable_symlinks if_not_owner;` first in
+//! where the checked tree is `parse(client text)` with `privhelper::checker::INJECTED` first in
 //! every server block. Any difference fails the test and prints the case's seed, both texts and the
 //! trees.
 //!
@@ -38,9 +38,10 @@ use protocol::SiteName;
 use protocol::nginx_syntax::{Directive, parse};
 use testkit::nginx_tree::{self, Node};
 
-/// What the checker puts first in every server block (`check`'s contract; the design note
-/// said `disable_symlinks on`, the helper writes `if_not_owner`).
-const INJECTED: [&str; 2] = ["disable_symlinks", "if_not_owner"];
+/// What the checker puts first in every server block (`check`'s contract).
+fn injected() -> Vec<Node> {
+    nodes(&parse(privhelper::checker::INJECTED).expect("the injected directives parse"))
+}
 
 const DOMAINS: [&str; 2] = ["durhack.test", "www.durhack.test"];
 const BATCH: usize = 400;
@@ -499,14 +500,7 @@ fn compare_batch(oracle: &nginx_tree::Oracle, batch: &[Case], tally: &mut Tally)
             if server.name == b"server"
                 && let Some(children) = &mut server.children
             {
-                children.insert(
-                    0,
-                    Node {
-                        name: INJECTED[0].as_bytes().to_vec(),
-                        args: vec![INJECTED[1].as_bytes().to_vec()],
-                        children: None,
-                    },
-                );
+                children.splice(0..0, injected());
             }
         }
         let ours = match &parsed {
