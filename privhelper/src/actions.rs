@@ -161,14 +161,10 @@ fn reload(policy: &Policy) -> Response {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Response::error(
-        ErrorCode::CommandFailed,
-        format!(
-            "nginx (master pid {master}) did not apply the new configuration: no new worker \
-             within 10 s of the reload; it keeps serving the previous one. Its error log says why \
-             (often a port it cannot bind).\n{out}"
-        ),
-    )
+    let why = format!(
+        "nginx (pid {master}) did not apply the new configuration: no new worker within 10 s; it keeps the old one (its error log says why, often a port it cannot bind)\n{out}"
+    );
+    Response::error(ErrorCode::CommandFailed, why)
 }
 
 fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains) -> Response {

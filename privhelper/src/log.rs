@@ -4,13 +4,8 @@
 
 use std::io::Write;
 
-/// `level` is a syslog priority: 3 error, 4 warning, 6 info.
-pub fn write(level: u8, message: std::fmt::Arguments<'_>) {
-    let word = match level {
-        0..=3 => "error",
-        4 => "warn",
-        _ => "info",
-    };
+/// `level` is a syslog priority (3 error, 4 warning, 6 info), `word` says it to a person.
+pub fn write(level: u8, word: &str, message: std::fmt::Arguments<'_>) {
     let mut err = std::io::stderr().lock();
     // A log line that cannot be written must not stop a request from being answered.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
@@ -20,8 +15,8 @@ pub fn write(level: u8, message: std::fmt::Arguments<'_>) {
 }
 
 #[macro_export]
-macro_rules! error { ($($t:tt)*) => { $crate::log::write(3, format_args!($($t)*)) } }
+macro_rules! error { ($($t:tt)*) => { $crate::log::write(3, "error", format_args!($($t)*)) } }
 #[macro_export]
-macro_rules! warning { ($($t:tt)*) => { $crate::log::write(4, format_args!($($t)*)) } }
+macro_rules! warning { ($($t:tt)*) => { $crate::log::write(4, "warn", format_args!($($t)*)) } }
 #[macro_export]
-macro_rules! info { ($($t:tt)*) => { $crate::log::write(6, format_args!($($t)*)) } }
+macro_rules! info { ($($t:tt)*) => { $crate::log::write(6, "info", format_args!($($t)*)) } }
