@@ -438,6 +438,11 @@ mod tests {
             "return 302 /$request_uri;",
             "return 302 /\\evil.example;",
             "rewrite ^/(.*)$ $scheme://$1 permanent;",
+            "return 301 https:///evil.example;",
+            "return 301 /x/$a;",
+            // Internal: no variables, whatever a redirect could take.
+            "rewrite ^/(.*)$ /x/$1 last;",
+            "error_page 404 /x/$request_uri;",
             // One log file of each kind, named after the site.
             "access_log /var/log/nginx/x1;",
             "error_log /var/log/nginx/durhack.access.log;",
@@ -538,6 +543,7 @@ mod tests {
             "server { listen 80; }",
             "server { server_name durhack.com; }",
             "server { listen 80; root /srv/durhack; }",
+            "server { listen 80; server_name; }",
             "server { server_name durhack.com; root /srv/durhack; }",
             "server { server_name durhack.com; ",
             "server { server_name durhack.com; } }",
