@@ -267,7 +267,7 @@ fn inner(rng: &mut Rng, depth: usize) -> String {
             (vec![w("proxy_pass"), url], None)
         }
         13 => {
-            let name = rng.pick(&["autoindex", "etag", "sendfile"]);
+            let name = rng.pick(&["gzip", "etag", "sendfile"]);
             (vec![w(name), w("on")], None)
         }
         14 | 15 if depth < 3 => {
