@@ -503,8 +503,16 @@ mod tests {
         }
         // A comment running to the end of the input.
         assert_eq!(parse("a;#c").unwrap().len(), 1);
-        // (A line break inside a token is a control character in it: refused at its line, so
-        // counting lines inside tokens cannot change what is accepted.)
+        // A line break inside a token is a control character in it (refused at its line), but
+        // lines are still counted inside tokens, for the errors tokenizing reports later.
+        for (text, line) in [
+            ("a 'x\ny' 'z", 2),
+            ("a \"x\\\ny\" 'z", 2),
+            ("a x\\\ny 'z", 2),
+            ("a 'x\n\ny' 'z", 3),
+        ] {
+            assert_eq!(parse(text).unwrap_err().line, line, "{text:?}");
+        }
         let e = parse("a;\n# c\n\n'x\ny';").unwrap_err();
         assert_eq!(
             (e.line, e.to_string().starts_with("line 4: ")),
