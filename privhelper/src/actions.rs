@@ -15,7 +15,7 @@ use protocol::{
 
 use crate::checker;
 use crate::command::{self, Failure};
-use crate::policy::Policy;
+use crate::policy::{Command, Policy};
 
 /// What the helper remembers between requests: when certbot last ran for each site.
 #[derive(Debug, Default)]
@@ -154,17 +154,29 @@ fn reload(policy: &Policy) -> Response {
         Ok(out) => out,
         Err(f) => return failed(f, ErrorCode::CommandFailed, ""),
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Done once a new worker runs and no old one still accepts (it exited, or its title says
+    // it is shutting down: nginx sets that before closing its listening sockets), so the next
+    // request is served by the new configuration; a long request may keep an old one to 10 s.
+    let (deadline, mut applied) = (Instant::now() + Duration::from_secs(10), false);
+    let accepting = |pid: &String| {
+        !fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.contains("shutting down"))
+    };
     while Instant::now() < deadline {
-        if !children().is_subset(&before) {
-            return Response::done(Outcome::Reloaded, out);
+        let now = children();
+        applied |= !now.is_subset(&before);
+        if applied && !now.intersection(&before).any(accepting) {
+            break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let why = format!(
         "nginx (pid {master}) did not apply the new configuration: no new worker within 10 s; it keeps the old one (its error log says why, often a port it cannot bind)\n{out}"
     );
-    Response::error(ErrorCode::CommandFailed, why)
+    match applied {
+        true => Response::done(Outcome::Reloaded, out),
+        false => Response::error(ErrorCode::CommandFailed, why),
+    }
 }
 
 fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains) -> Response {
@@ -218,16 +230,13 @@ fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains)
 /// policy's renewal window, else nothing. Asks openssl (fixed argv, cleared environment) rather
 /// than parsing X.509 here.
 fn valid_certificate_names(policy: &Policy, cert: &Path) -> Vec<String> {
-    if !cert.exists() {
-        return Vec::new();
-    }
+    // No certificate: openssl fails, and the answer is no names.
     let window = policy.certbot.renew_before.as_secs().to_string();
     let openssl = policy.certbot.openssl.display().to_string();
     let argv = [&*openssl, "x509", "-noout", "-checkend", &window, "-ext", "subjectAltName", "-in"];
     let argv = argv.map(String::from).into();
-    let openssl =
-        crate::policy::Command { argv, env: Default::default(), timeout: Duration::from_secs(30) };
-    let out = command::run(&openssl, &[cert.display().to_string()]).unwrap_or_default();
+    let cmd = Command { argv, env: Default::default(), timeout: Duration::from_secs(30) };
+    let out = command::run(&cmd, &[cert.display().to_string()]).unwrap_or_default();
     let names = out.split([',', '\n']).filter_map(|part| part.trim().strip_prefix("DNS:"));
     names.map(str::to_string).collect()
 }

@@ -237,14 +237,11 @@ pub fn root_only_with_ancestors(path: &Path) -> Result<(), String> {
 /// Owned by root, not a symlink, not writable by group or others; a sticky ancestor (`/tmp`)
 /// is fine, since others cannot rename root's entries in it.
 fn root_only(path: &Path, ancestor: bool) -> Result<(), String> {
-    let meta = std::fs::symlink_metadata(path)
-        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let (p, uid, mode) = (path.display(), meta.uid(), meta.mode() & 0o7777);
     let writable = mode & 0o022 != 0 && !(ancestor && mode & 0o1000 != 0);
     if meta.file_type().is_symlink() || uid != 0 || writable {
-        return Err(format!(
-            "{p} must be owned by root, not a symlink, and not writable by group or others (uid {uid}, mode {mode:o})"
-        ));
+        return Err(format!("{p}: writable by others, a symlink or not root's ({uid}, {mode:o})"));
     }
     Ok(())
 }

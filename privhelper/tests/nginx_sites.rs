@@ -242,3 +242,37 @@ fn malformed_and_mismatched_frames_are_answered_with_errors() {
     let _stalled = UnixStream::connect(helper.socket()).unwrap();
     assert!(matches!(client.call(&Request::Hello), Ok(Response::Hello { .. })));
 }
+
+/// `Reloaded` means the next request is served by the new configuration: the helper waits until
+/// no old worker still accepts (exited, or "shutting down"), not only until a new one exists.
+#[test]
+fn reloaded_means_the_new_configuration_answers() {
+    let Some((nginx, _helper, client)) = start() else {
+        return;
+    };
+    let conf = static_site(&nginx, "served at once");
+    let reloaded = |client: &Client| {
+        let response = client.call(&Request::ReloadNginx).unwrap();
+        assert!(
+            matches!(response, Response::Done { outcome: Outcome::Reloaded, .. }),
+            "{response:?}"
+        );
+    };
+    for round in 0..5 {
+        assert!(matches!(write(&client, "demo", &conf), Response::Done { .. }));
+        reloaded(&client);
+        assert_eq!(
+            nginx.get("demo.test", "/").0,
+            200,
+            "round {round}: the old configuration answered"
+        );
+        let response = client.call(&Request::RemoveSite { site: site("demo") }).unwrap();
+        assert!(matches!(response, Response::Done { outcome: Outcome::SiteRemoved, .. }));
+        reloaded(&client);
+        assert_eq!(
+            nginx.get("demo.test", "/").0,
+            404,
+            "round {round}: the old configuration answered"
+        );
+    }
+}
