@@ -35,8 +35,9 @@ const ALLOWED: &str = "\
 /// `$args`, `$arg_*`, `$http_*`, `$cookie_*`, `$request_uri` (raw) and `set` variables carry
 /// raw client input.
 const FILE_VARS: &[&str] = &["uri", "document_uri", "document_root", "request_filename"];
-/// Also allowed in a redirect's URL (with `$1`..`$9`), after a host that is literal or `$host`
-/// (see [`anchored`]): they choose where on this site the client goes, not what nginx reads.
+/// Allowed in a redirect's URL instead (with `$1`..`$9`), after a host that is literal or
+/// `$host` (see [`anchored`]): they choose where on this site the client goes, not what nginx
+/// reads, and nginx keeps the raw ones percent-encoded.
 const REDIRECT_VARS: &[&str] =
     &["scheme", "host", "server_name", "server_port", "request_uri", "is_args", "args"];
 
@@ -219,8 +220,11 @@ impl Ctx<'_> {
     /// captures, after an [`anchored`] start.
     fn vars(&self, d: &Directive, args: &[String], redirect: bool) -> Result<(), String> {
         let capture = |v: &str| v.len() == 1 && v.as_bytes()[0].is_ascii_digit();
-        let allowed = |v: &str| {
-            FILE_VARS.contains(&v) || redirect && (REDIRECT_VARS.contains(&v) || capture(v))
+        // In a redirect, not `$uri` and its kin: nginx decodes them, and a `%0d%0a` would split
+        // the response's headers.
+        let allowed = |v: &str| match redirect {
+            true => REDIRECT_VARS.contains(&v) || capture(v),
+            false => FILE_VARS.contains(&v),
         };
         if redirect && !args.iter().all(|a| anchored(a)) {
             return Err(refuse(
@@ -433,6 +437,9 @@ mod tests {
             "return 0301 $arg_to;",
             "return 301 $args;",
             "return 301 https://$args;",
+            // Decoded variables in a Location: `%0d%0a` splits the headers (sixth review).
+            "return 301 https://$host/$uri;",
+            "return 301 /x$uri;",
             "return 301 https://$host$args;",
             "return 302 //$host/x;",
             "return 302 /$request_uri;",
