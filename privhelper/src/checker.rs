@@ -440,6 +440,9 @@ mod tests {
             // Decoded variables in a Location: `%0d%0a` splits the headers (sixth review).
             "return 301 https://$host/$uri;",
             "return 301 /x$uri;",
+            "error_page 404 https:/evil.example;",
+            "try_files $uri$uri =404;",
+            "try_files /a..b =404;",
             "return 301 https://$host$args;",
             "return 302 //$host/x;",
             "return 302 /$request_uri;",
