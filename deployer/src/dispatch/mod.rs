@@ -80,8 +80,9 @@ pub fn quarantine_dir(config: &Config) -> PathBuf {
     config.queues_dir().join("inbox-quarantine")
 }
 
-/// Failed attempts at one inbox entry before it is quarantined (if the ledger answers; during
-/// an outage every entry fails, and they all wait instead).
+/// Failed attempts at one inbox entry before it is quarantined. Only failures that are not a
+/// ledger outage count: while the ledger is down, read-only or busy every entry fails, and they
+/// all wait instead.
 pub const QUARANTINE_AFTER: u32 = 5;
 
 /// Inbox entries that cannot be parsed are moved here rather than deleted.
@@ -106,6 +107,13 @@ pub enum DispatchError {
     Encode(#[from] serde_json::Error),
     #[error("a blocking queue write panicked")]
     Join(#[from] tokio::task::JoinError),
+}
+
+impl DispatchError {
+    /// The ledger is down, read-only or busy (see [`LedgerError::is_outage`]).
+    pub fn is_ledger_outage(&self) -> bool {
+        matches!(self, Self::Ledger(e) if e.is_outage())
+    }
 }
 
 /// Retry delays after a failure (ledger down, disk trouble): the entry stays in the inbox and
@@ -140,20 +148,28 @@ pub async fn run(
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
-                let attempts = failures.entry(entry.name.clone()).or_default();
-                *attempts += 1;
-                if *attempts >= QUARANTINE_AFTER && ledger.ping().await {
+                // A ledger that is down, read-only or busy (write-locked by another
+                // connection, which `SELECT 1` does not notice under WAL) is not this entry's
+                // fault: it waits without the attempt being counted.
+                let outage = e.is_ledger_outage() || !ledger.ping().await;
+                if outage {
+                    tracing::warn!(entry = %entry.name, error = %e, retry_in = ?backoff, "ledger unavailable; the entry waits");
+                } else {
+                    let attempts = failures.entry(entry.name.clone()).or_default();
+                    *attempts += 1;
                     let attempts = *attempts;
-                    failures.remove(&entry.name);
-                    match quarantine(&config, &ledger, &entry, attempts, &e).await {
-                        Ok(()) => {
-                            if let Err(e) = consumer.complete(&entry.name) {
-                                tracing::error!(entry = %entry.name, error = %e, "cannot remove a quarantined entry from the inbox");
+                    if attempts >= QUARANTINE_AFTER {
+                        match quarantine(&config, &ledger, &entry, attempts, &e).await {
+                            Ok(()) => {
+                                failures.remove(&entry.name);
+                                if let Err(e) = consumer.complete(&entry.name) {
+                                    tracing::error!(entry = %entry.name, error = %e, "cannot remove a quarantined entry from the inbox");
+                                }
+                                continue;
                             }
-                            continue;
-                        }
-                        Err(q) => {
-                            tracing::error!(entry = %entry.name, error = %q, "cannot quarantine an entry");
+                            Err(q) => {
+                                tracing::error!(entry = %entry.name, error = %q, "cannot quarantine an entry; it stays in the inbox");
+                            }
                         }
                     }
                 }
@@ -182,8 +198,9 @@ pub async fn run(
     }
 }
 
-/// Moves an inbox entry that keeps failing to [`quarantine_dir`] and records it `quarantined`
-/// (best effort: the file is kept either way, for a human to look at).
+/// Copies an inbox entry that keeps failing to [`quarantine_dir`] and records it `quarantined`.
+/// `Ok` only once the record is written: the caller removes the inbox file only then, so an
+/// entry never leaves the inbox without an outcome in the ledger.
 async fn quarantine(
     config: &Config,
     ledger: &Ledger,
@@ -212,9 +229,7 @@ async fn quarantine(
             sha: routing.push.sha.clone(),
             deployments: Vec::new(),
         };
-        if let Err(e) = ledger.record_delivery(&record).await {
-            tracing::error!(entry = %entry.name, error = %e, "cannot record a quarantined entry");
-        }
+        ledger.record_delivery(&record).await?;
     }
     Ok(())
 }
