@@ -218,6 +218,15 @@ impl Repo {
             .is_some())
     }
 
+    /// The commit the working tree is checked out at (`None` before the first checkout).
+    pub async fn checked_out(&self) -> Result<Option<String>, GitError> {
+        Ok(self
+            .query(&["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+            .await?
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty()))
+    }
+
     /// The branch head as of the last fetch.
     pub async fn remote_head(&self, branch: &str) -> Result<Option<String>, GitError> {
         Ok(self

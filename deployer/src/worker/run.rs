@@ -245,6 +245,27 @@ impl Worker {
                 return out;
             }
         };
+        // "Already deployed" needs the working tree to be at that commit too: a failed run
+        // leaves the tree at the commit it checked out, which may since have left the branch.
+        let deployed_here = match &deployed {
+            Some(sha) => match repo.checked_out().await {
+                Ok(Some(tree)) if tree == *sha => Some(sha.clone()),
+                Ok(tree) => {
+                    log.line(&format!(
+                        "the working tree is at {}, not at the deployed commit {sha}: deploying again",
+                        tree.as_deref().unwrap_or("no commit")
+                    ));
+                    None
+                }
+                Err(e) => {
+                    log.line(&format!(
+                        "cannot read the working tree's HEAD ({e}): deploying again"
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
         let candidates: Vec<Candidate> = present
             .iter()
             .map(|p| Candidate {
@@ -253,7 +274,7 @@ impl Worker {
                 forced: p.req.source == "cli" && !p.req.pinned,
             })
             .collect();
-        let plan = match coalesce::plan(&repo, &candidates, &head, deployed.as_deref()).await {
+        let plan = match coalesce::plan(&repo, &candidates, &head, deployed_here.as_deref()).await {
             Ok(plan) => plan,
             Err(e) => {
                 let error = one_line(&e);
