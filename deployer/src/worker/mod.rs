@@ -11,7 +11,8 @@
 //! closes the interrupted run as cancelled and redoes it.
 //!
 //! Fencing: right after taking the deployment's lock the worker takes the next fencing token
-//! from the ledger; success is recorded and sites are published only while it is the latest.
+//! from the ledger; a run's outcome is recorded and sites are published only while it is the
+//! latest (a holder fenced out records nothing and leaves the entry to the new holder).
 //!
 //! Supervision: each worker runs under a supervisor that restarts it with backoff if it exits
 //! or panics, reporting it to [`crate::health`] meanwhile. On shutdown a worker takes no new work and gives a running deploy

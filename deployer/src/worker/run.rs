@@ -391,32 +391,25 @@ impl Worker {
             Err(e) => (RunStatus::Failed, Some(one_line(e))),
         };
         let secs = (finished - started) / 1000;
-        let recorded = if status == RunStatus::Success {
-            // Success is written only while our fencing token is the latest: a process that
-            // lost its lock can never record one.
-            match self
-                .ledger
-                .finish_run_fenced(run_id, finished, a.fence)
-                .await
-            {
-                Ok(true) => Ok(()),
-                Ok(false) => {
-                    status = RunStatus::Cancelled;
-                    error = Some(
-                        "another holder took the deployment's lock during this run; not recorded as a success"
-                            .to_owned(),
-                    );
-                    tracing::error!("fenced out: another process holds the deployment's lock");
-                    self.ledger
-                        .finish_run(run_id, status, finished, error.as_deref())
-                        .await
-                }
-                Err(e) => Err(e),
+        // Every outcome is written only while our fencing token is the latest and the run is
+        // still `running`: a process that lost its lock records nothing (the new holder closes
+        // this run as `cancelled` and owns the entry) and leaves the entry alone.
+        let recorded = match self
+            .ledger
+            .finish_run_fenced(run_id, status, finished, error.as_deref(), a.fence)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                status = RunStatus::Cancelled;
+                error = Some(
+                    "another holder took the deployment's lock during this run; nothing recorded, the entry is left to it"
+                        .to_owned(),
+                );
+                tracing::error!("fenced out: another process holds the deployment's lock");
+                Ok(())
             }
-        } else {
-            self.ledger
-                .finish_run(run_id, status, finished, error.as_deref())
-                .await
+            Err(e) => Err(e),
         };
         log.line(&match &error {
             None => format!("run {run_id}: success in {secs}s"),
