@@ -10,9 +10,11 @@
 //! removed without running. A crash mid-run leaves it queued, and the next holder of the lock
 //! closes the interrupted run as cancelled and redoes it.
 //!
-//! Fencing: right after taking the deployment's lock the worker takes the next fencing token
-//! from the ledger; a run's outcome is recorded and sites are published only while it is the
-//! latest (a holder fenced out records nothing and leaves the entry to the new holder).
+//! Fencing: right after taking the deployment's lock, before anything else, the worker takes
+//! the next fencing token from the ledger; a run's outcome is recorded only while it is the
+//! latest (a holder fenced out records nothing and leaves the entry to the new holder), and
+//! each site-publishing helper request is preceded by a check of both the lock (in its store)
+//! and the token.
 //!
 //! Supervision: each worker runs under a supervisor that restarts it with backoff if it exits
 //! or panics, reporting it to [`crate::health`] meanwhile. On shutdown a worker takes no new work and gives a running deploy
@@ -250,6 +252,17 @@ impl Worker {
             release_all(consumer, batch.iter().map(|e| e.name.as_str()));
             return true;
         };
+        // The fencing token is taken first, before any other work under the lock, so that an
+        // earlier holder is fenced out from the moment we hold the lock.
+        let fence = match self.ledger.take_fence(&deploy_lock(name)).await {
+            Ok(fence) => fence,
+            Err(e) => {
+                tracing::error!(deployment = %name, error = %e, "ledger unavailable");
+                lock.release().await;
+                release_all(consumer, batch.iter().map(|e| e.name.as_str()));
+                return false;
+            }
+        };
         // Another process sharing this state may have run (and removed) some of these entries
         // while we waited for the lock.
         let still_queued = match consumer.queue().list() {
@@ -374,19 +387,9 @@ impl Worker {
             lock.release().await;
             return true;
         }
-        let fence = match self.ledger.take_fence(&deploy_lock(name)).await {
-            Ok(fence) => fence,
-            Err(e) => {
-                tracing::error!(deployment = %name, error = %e, "ledger unavailable");
-                lock.release().await;
-                release_all(consumer, fresh.iter().map(|p| p.entry.as_str()));
-                return false;
-            }
-        };
-
         let cancel = CancellationToken::new();
         let watcher = tokio::spawn(watch(shutdown.clone(), lock.lost(), cancel.clone()));
-        let outcome = self.execute(fresh, &cancel, &fence).await;
+        let outcome = self.execute(fresh, &cancel, &fence, &lock).await;
         watcher.abort();
         // Entries leave the queue before the lock is free, so the next holder never sees one
         // that is already recorded.

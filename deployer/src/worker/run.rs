@@ -17,7 +17,7 @@ use super::{Run, RunStatus, Worker};
 use crate::dispatch::DeployRequest;
 use crate::github::CommitState;
 use crate::ledger::Fence;
-use crate::lock::NGINX_LOCK;
+use crate::lock::{LockGuard, NGINX_LOCK};
 
 /// A queue entry waiting to be deployed.
 #[derive(Debug)]
@@ -97,11 +97,49 @@ struct Attempt<'a> {
     cancel: &'a CancellationToken,
     /// Our fencing token for the deployment's lock.
     fence: &'a Fence,
+    /// The deployment's lock.
+    lock: &'a LockGuard,
+}
+
+/// [`sites::Holder`] for an attempt.
+struct Holds<'a, 'b> {
+    attempt: &'a Attempt<'b>,
+    ledger: &'a crate::ledger::Ledger,
+}
+
+impl sites::Holder for Holds<'_, '_> {
+    fn still_ours(&self) -> impl std::future::Future<Output = bool> + Send {
+        self.attempt.still_ours(self.ledger)
+    }
 }
 
 impl Attempt<'_> {
     fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Is the deployment still ours, asked now: the lock in its store and the latest fencing
+    /// token in the ledger? An error counts as no (nothing is published that cannot be
+    /// vouched for).
+    async fn still_ours(&self, ledger: &crate::ledger::Ledger) -> bool {
+        match self.lock.verify().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!("the deployment's lock is another holder's now");
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check the deployment's lock");
+                return false;
+            }
+        }
+        match ledger.fence_holds(self.fence).await {
+            Ok(holds) => holds,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check the fencing token");
+                false
+            }
+        }
     }
 }
 
@@ -112,6 +150,7 @@ impl Worker {
         pending: Vec<Pending>,
         cancel: &CancellationToken,
         fence: &Fence,
+        lock: &LockGuard,
     ) -> Vec<(String, Disposition)> {
         let run_id = new_run_id();
         let span = tracing::info_span!(
@@ -120,7 +159,7 @@ impl Worker {
             run = %run_id,
             sha = tracing::field::Empty
         );
-        self.execute_run(run_id, pending, cancel, fence)
+        self.execute_run(run_id, pending, cancel, fence, lock)
             .instrument(span)
             .await
     }
@@ -131,6 +170,7 @@ impl Worker {
         pending: Vec<Pending>,
         cancel: &CancellationToken,
         fence: &Fence,
+        lock: &LockGuard,
     ) -> Vec<(String, Disposition)> {
         let d = &self.deployment;
         let started = now_ms();
@@ -322,6 +362,7 @@ impl Worker {
             deadline,
             cancel,
             fence,
+            lock,
         };
         let disposition = self
             .deploy(&attempt, &chosen, &target, deployed.as_deref())
@@ -505,19 +546,17 @@ impl Worker {
             let Some(lock) = self.locks.acquire(NGINX_LOCK, cancel).await else {
                 return Err(StepError::Cancelled);
             };
-            // Sites are published only by the holder of the deployment's latest fencing token,
-            // and only while both locks hold.
-            let fenced = match self.ledger.fence_holds(a.fence).await {
-                Ok(holds) => !holds,
-                Err(e) => {
-                    lock.release().await;
-                    return Err(StepError::Ledger(e));
-                }
-            };
-            if fenced || cancel.is_cancelled() {
+            // Sites are published only by the holder of the deployment's lock and latest
+            // fencing token, checked right before each helper request, and only while the
+            // nginx lock holds.
+            if !a.still_ours(&self.ledger).await || cancel.is_cancelled() {
                 lock.release().await;
                 return Err(StepError::Fenced);
             }
+            let holds = Holds {
+                attempt: a,
+                ledger: &self.ledger,
+            };
             let nginx_lost = lock.lost();
             let published = tokio::select! {
                 r = sites::publish(
@@ -526,7 +565,11 @@ impl Worker {
                     &self.config.state_dir,
                     changed.as_deref(),
                     log,
-                ) => r.map_err(StepError::from),
+                    &holds,
+                ) => r.map_err(|e| match e {
+                    SiteError::Fenced => StepError::Fenced,
+                    e => StepError::from(e),
+                }),
                 () = nginx_lost.cancelled() => Err(StepError::NginxLockLost),
                 () = cancel.cancelled() => Err(StepError::Cancelled),
             };
