@@ -13,9 +13,11 @@
 //! A crash anywhere repeats at most steps 2-5 for `E` on restart, with the same result.
 //!
 //! Redelivery (GitHub's "Redeliver" reuses the delivery id): when `D` is claimed by an earlier
-//! entry, the delivery was handled before. It is recorded as a `duplicate` and deploys nothing,
-//! unless a deployment's latest run for `D` failed or was cancelled: those deployments (if still
-//! enabled and still watching the branch) are queued again and the redelivery is `routed`. So
+//! entry, the delivery was handled before. If every earlier receipt was quarantined, it was
+//! never routed, and the redelivery is routed like a first delivery. Otherwise it is recorded
+//! as a `duplicate` and deploys nothing, unless a deployment's latest run for `D` failed or was
+//! cancelled: those deployments (if still enabled and still watching the branch) are queued
+//! again and the redelivery is `routed`. So
 //! "Redeliver" in GitHub is the way to retry a failed deploy, and never deploys twice what
 //! worked.
 
@@ -276,6 +278,22 @@ async fn handle_parsed(
             };
             (outcome, routing.deployments.clone(), routing.reason.clone())
         }
+        Claim::Redelivery { first_entry }
+            if quarantined_only(ledger, &entry.delivery, name).await? =>
+        {
+            // Every earlier receipt was quarantined: the delivery was never routed, so this
+            // redelivery is routed like a first one.
+            let outcome = if routing.deployments.is_empty() {
+                Outcome::Ignored
+            } else {
+                Outcome::Routed
+            };
+            let reason = format!(
+                "redelivery of a quarantined delivery (first received as {first_entry}): {}",
+                routing.reason
+            );
+            (outcome, routing.deployments.clone(), reason)
+        }
         Claim::Redelivery { first_entry } => {
             let failed = ledger
                 .failed_deployments_of_delivery(&entry.delivery)
@@ -323,6 +341,22 @@ async fn handle_parsed(
     ledger.record_delivery(&record).await?;
     tracing::info!(outcome = outcome.as_str(), reason = %record.reason, deployments = ?record.deployments, "delivery handled");
     Ok(())
+}
+
+/// Were all the earlier receipts of `delivery` (other than `name`) quarantined, and is there
+/// at least one?
+async fn quarantined_only(
+    ledger: &Ledger,
+    delivery: &str,
+    name: &str,
+) -> Result<bool, LedgerError> {
+    let earlier: Vec<DeliveryRecord> = ledger
+        .receipts_of_delivery(delivery)
+        .await?
+        .into_iter()
+        .filter(|r| r.entry != name)
+        .collect();
+    Ok(!earlier.is_empty() && earlier.iter().all(|r| r.outcome == Outcome::Quarantined))
 }
 
 /// Writes one deploy request per deployment, named after the inbox entry so a repeat overwrites.
