@@ -79,6 +79,7 @@ impl Repo {
                 cwd,
                 env: &env,
                 timeout,
+                pgid_file: None,
             },
             log,
             cancel,

@@ -339,6 +339,14 @@ impl Worker {
                 return false;
             }
         };
+        // A holder that died (SIGKILL) may have left its command's process group running:
+        // end it before anything runs here (on this host; across hosts the systemd unit's
+        // cgroup kill covers it).
+        if let Some(pgid) =
+            process::kill_leftover(&process::pgid_file(&self.config.state_dir, name))
+        {
+            tracing::warn!(deployment = %name, pgid, "killed the process group of a previous holder's command");
+        }
         // Another process sharing this state may have run (and removed) some of these entries
         // while we waited for the lock.
         let still_queued = match consumer.queue().list() {

@@ -521,6 +521,7 @@ impl Worker {
                     .into_owned(),
             ),
         ]);
+        let pgid_file = process::pgid_file(&self.config.state_dir, &d.name);
         for spec in &d.commands {
             let left = a.remaining();
             if left.is_zero() {
@@ -533,6 +534,7 @@ impl Worker {
                     cwd: &d.path,
                     env: &env,
                     timeout,
+                    pgid_file: Some(&pgid_file),
                 },
                 log,
                 cancel,
