@@ -48,12 +48,14 @@ pub struct Spawn<'a> {
     pub pgid_file: Option<&'a Path>,
 }
 
-/// `state_dir/running/<deployment>.pgid`: the process group of the deployment's running
+/// `state_dir/process-groups/<deployment>.pgid`: the process group of the deployment's running
 /// command, as `<pgid> <start time>`. Written when a command starts and removed once its group
 /// is killed, so a file left behind means its writer died (SIGKILL, power loss) and the group
 /// may still be running: [`kill_leftover`] ends it before the next holder runs anything.
 pub fn pgid_file(state_dir: &Path, deployment: &str) -> PathBuf {
-    state_dir.join("running").join(format!("{deployment}.pgid"))
+    state_dir
+        .join("process-groups")
+        .join(format!("{deployment}.pgid"))
 }
 
 /// The start time of process `pid` (field 22 of `/proc/<pid>/stat`), to tell a reused id.
