@@ -62,14 +62,10 @@ async fn runs_round_trip_and_queries(l: &Ledger) {
     let e1 = l.run("e1").await.unwrap().unwrap();
     assert_eq!(e1.status, RunStatus::Cancelled);
     assert_eq!(e1.finished_at, Some(50));
-    l.finish_run("e1", RunStatus::Failed, 60, Some("boom"))
-        .await
-        .unwrap();
-    let e1 = l.run("e1").await.unwrap().unwrap();
-    assert_eq!(
-        (e1.status, e1.error.as_deref()),
-        (RunStatus::Failed, Some("boom"))
-    );
+    // The redo of the cancelled run fails.
+    let mut e2 = run("e2", "app", "d3", RunStatus::Failed, 60);
+    e2.error = Some("boom".into());
+    l.insert_run(&e2).await.unwrap();
     // A cancelled-then-failed delivery with no success is re-queued on redelivery.
     assert_eq!(
         l.failed_deployments_of_delivery("d3").await.unwrap(),
@@ -110,13 +106,29 @@ async fn fences_and_entry_outcomes(l: &Ledger) {
     r.entry = Some("e-1.json".into());
     l.insert_run(&r).await.unwrap();
     assert!(l.entry_outcome("app", "e-1.json").await.unwrap().is_none());
-    // The holder of an older token cannot record a success.
-    assert!(!l.finish_run_fenced("f1", 20, &first).await.unwrap());
+    // The holder of an older token can record no outcome at all.
+    for status in [RunStatus::Success, RunStatus::Failed, RunStatus::Cancelled] {
+        assert!(
+            !l.finish_run_fenced("f1", status, 20, Some("x"), &first)
+                .await
+                .unwrap()
+        );
+    }
     assert_eq!(
         l.run("f1").await.unwrap().unwrap().status,
         RunStatus::Running
     );
-    assert!(l.finish_run_fenced("f1", 20, &second).await.unwrap());
+    assert!(
+        l.finish_run_fenced("f1", RunStatus::Success, 20, None, &second)
+            .await
+            .unwrap()
+    );
+    // A run that is no longer running is not written again, even by the holder.
+    assert!(
+        !l.finish_run_fenced("f1", RunStatus::Failed, 21, Some("late"), &second)
+            .await
+            .unwrap()
+    );
     let done = l.entry_outcome("app", "e-1.json").await.unwrap().unwrap();
     assert_eq!((done.id.as_str(), done.status), ("f1", RunStatus::Success));
 

@@ -13,9 +13,11 @@
 //! A crash anywhere repeats at most steps 2-5 for `E` on restart, with the same result.
 //!
 //! Redelivery (GitHub's "Redeliver" reuses the delivery id): when `D` is claimed by an earlier
-//! entry, the delivery was handled before. It is recorded as a `duplicate` and deploys nothing,
-//! unless a deployment's latest run for `D` failed or was cancelled: those deployments (if still
-//! enabled and still watching the branch) are queued again and the redelivery is `routed`. So
+//! entry, the delivery was handled before. If every earlier receipt was quarantined, it was
+//! never routed, and the redelivery is routed like a first delivery. Otherwise it is recorded
+//! as a `duplicate` and deploys nothing, unless a deployment's latest run for `D` failed or was
+//! cancelled: those deployments (if still enabled and still watching the branch) are queued
+//! again and the redelivery is `routed`. So
 //! "Redeliver" in GitHub is the way to retry a failed deploy, and never deploys twice what
 //! worked.
 
@@ -80,8 +82,9 @@ pub fn quarantine_dir(config: &Config) -> PathBuf {
     config.queues_dir().join("inbox-quarantine")
 }
 
-/// Failed attempts at one inbox entry before it is quarantined (if the ledger answers; during
-/// an outage every entry fails, and they all wait instead).
+/// Failed attempts at one inbox entry before it is quarantined. Only failures that are not a
+/// ledger outage count: while the ledger is down, read-only or busy every entry fails, and they
+/// all wait instead.
 pub const QUARANTINE_AFTER: u32 = 5;
 
 /// Inbox entries that cannot be parsed are moved here rather than deleted.
@@ -106,6 +109,13 @@ pub enum DispatchError {
     Encode(#[from] serde_json::Error),
     #[error("a blocking queue write panicked")]
     Join(#[from] tokio::task::JoinError),
+}
+
+impl DispatchError {
+    /// The ledger is down, read-only or busy (see [`LedgerError::is_outage`]).
+    pub fn is_ledger_outage(&self) -> bool {
+        matches!(self, Self::Ledger(e) if e.is_outage())
+    }
 }
 
 /// Retry delays after a failure (ledger down, disk trouble): the entry stays in the inbox and
@@ -140,20 +150,28 @@ pub async fn run(
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
-                let attempts = failures.entry(entry.name.clone()).or_default();
-                *attempts += 1;
-                if *attempts >= QUARANTINE_AFTER && ledger.ping().await {
+                // A ledger that is down, read-only or busy (write-locked by another
+                // connection, which `SELECT 1` does not notice under WAL) is not this entry's
+                // fault: it waits without the attempt being counted.
+                let outage = e.is_ledger_outage() || !ledger.ping().await;
+                if outage {
+                    tracing::warn!(entry = %entry.name, error = %e, retry_in = ?backoff, "ledger unavailable; the entry waits");
+                } else {
+                    let attempts = failures.entry(entry.name.clone()).or_default();
+                    *attempts += 1;
                     let attempts = *attempts;
-                    failures.remove(&entry.name);
-                    match quarantine(&config, &ledger, &entry, attempts, &e).await {
-                        Ok(()) => {
-                            if let Err(e) = consumer.complete(&entry.name) {
-                                tracing::error!(entry = %entry.name, error = %e, "cannot remove a quarantined entry from the inbox");
+                    if attempts >= QUARANTINE_AFTER {
+                        match quarantine(&config, &ledger, &entry, attempts, &e).await {
+                            Ok(()) => {
+                                failures.remove(&entry.name);
+                                if let Err(e) = consumer.complete(&entry.name) {
+                                    tracing::error!(entry = %entry.name, error = %e, "cannot remove a quarantined entry from the inbox");
+                                }
+                                continue;
                             }
-                            continue;
-                        }
-                        Err(q) => {
-                            tracing::error!(entry = %entry.name, error = %q, "cannot quarantine an entry");
+                            Err(q) => {
+                                tracing::error!(entry = %entry.name, error = %q, "cannot quarantine an entry; it stays in the inbox");
+                            }
                         }
                     }
                 }
@@ -182,8 +200,9 @@ pub async fn run(
     }
 }
 
-/// Moves an inbox entry that keeps failing to [`quarantine_dir`] and records it `quarantined`
-/// (best effort: the file is kept either way, for a human to look at).
+/// Copies an inbox entry that keeps failing to [`quarantine_dir`] and records it `quarantined`.
+/// `Ok` only once the record is written: the caller removes the inbox file only then, so an
+/// entry never leaves the inbox without an outcome in the ledger.
 async fn quarantine(
     config: &Config,
     ledger: &Ledger,
@@ -212,9 +231,7 @@ async fn quarantine(
             sha: routing.push.sha.clone(),
             deployments: Vec::new(),
         };
-        if let Err(e) = ledger.record_delivery(&record).await {
-            tracing::error!(entry = %entry.name, error = %e, "cannot record a quarantined entry");
-        }
+        ledger.record_delivery(&record).await?;
     }
     Ok(())
 }
@@ -260,6 +277,22 @@ async fn handle_parsed(
                 Outcome::Routed
             };
             (outcome, routing.deployments.clone(), routing.reason.clone())
+        }
+        Claim::Redelivery { first_entry }
+            if quarantined_only(ledger, &entry.delivery, name).await? =>
+        {
+            // Every earlier receipt was quarantined: the delivery was never routed, so this
+            // redelivery is routed like a first one.
+            let outcome = if routing.deployments.is_empty() {
+                Outcome::Ignored
+            } else {
+                Outcome::Routed
+            };
+            let reason = format!(
+                "redelivery of a quarantined delivery (first received as {first_entry}): {}",
+                routing.reason
+            );
+            (outcome, routing.deployments.clone(), reason)
         }
         Claim::Redelivery { first_entry } => {
             let failed = ledger
@@ -308,6 +341,22 @@ async fn handle_parsed(
     ledger.record_delivery(&record).await?;
     tracing::info!(outcome = outcome.as_str(), reason = %record.reason, deployments = ?record.deployments, "delivery handled");
     Ok(())
+}
+
+/// Were all the earlier receipts of `delivery` (other than `name`) quarantined, and is there
+/// at least one?
+async fn quarantined_only(
+    ledger: &Ledger,
+    delivery: &str,
+    name: &str,
+) -> Result<bool, LedgerError> {
+    let earlier: Vec<DeliveryRecord> = ledger
+        .receipts_of_delivery(delivery)
+        .await?
+        .into_iter()
+        .filter(|r| r.entry != name)
+        .collect();
+    Ok(!earlier.is_empty() && earlier.iter().all(|r| r.outcome == Outcome::Quarantined))
 }
 
 /// Writes one deploy request per deployment, named after the inbox entry so a repeat overwrites.

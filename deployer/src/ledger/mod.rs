@@ -12,6 +12,7 @@ pub use runs::Fence;
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
+use sqlx::error::DatabaseError;
 use sqlx::migrate::Migrator;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -25,6 +26,54 @@ pub enum LedgerError {
     Database(#[from] sqlx::Error),
     #[error("migrating the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl LedgerError {
+    /// Is this the ledger being unavailable (down, unreachable, read-only, restarting, or busy:
+    /// write-locked by another connection) rather than something wrong with the request? Such
+    /// errors are nobody's fault: the work waits and is tried again.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Database(e) => is_outage(e),
+            Self::UnsupportedUrl | Self::Migrate(_) => false,
+        }
+    }
+}
+
+/// See [`LedgerError::is_outage`].
+pub fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                // Extended result codes keep the primary code in the low byte:
+                // 5 SQLITE_BUSY, 6 SQLITE_LOCKED (and their variants).
+                sqlite
+                    .code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+            } else if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                let code = pg.code();
+                // 08: connection exception; 53: insufficient resources; 25006: read-only
+                // transaction (a standby); 57P01-57P03: shutting down, cannot connect now;
+                // 40001/40P01: serialization failure, deadlock.
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || matches!(
+                        code,
+                        "25006" | "57P01" | "57P02" | "57P03" | "40001" | "40P01"
+                    )
+            } else {
+                false
+            }
+        }
+        _ => false,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

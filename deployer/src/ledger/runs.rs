@@ -63,39 +63,26 @@ impl Ledger {
         Ok(())
     }
 
-    /// Gives a run its final status.
-    pub async fn finish_run(
+    /// Gives a still-`running` run its final status, but only while `fence` is still the
+    /// latest token of its lock (see [`Ledger::take_fence`]). Every terminal outcome of a run
+    /// goes through here. `Ok(false)`: another holder took the lock since (or already closed
+    /// the run), and nothing was written.
+    pub async fn finish_run_fenced(
         &self,
         id: &str,
         status: RunStatus,
         finished_at: i64,
         error: Option<&str>,
-    ) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4")
-            .bind(status.as_str())
-            .bind(finished_at)
-            .bind(error)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// Gives a run its final status `success`, but only while `fence` is still the latest token
-    /// of its lock (see [`Ledger::take_fence`]). `Ok(false)`: another holder took the lock since,
-    /// and nothing was written.
-    pub async fn finish_run_fenced(
-        &self,
-        id: &str,
-        finished_at: i64,
         fence: &Fence,
     ) -> Result<bool, LedgerError> {
         let done = sqlx::query(
-            "UPDATE runs SET status = 'success', finished_at = $1, error = NULL \
-             WHERE id = $2 AND status = 'running' \
-             AND (SELECT token FROM fences WHERE name = $3) = $4",
+            "UPDATE runs SET status = $1, finished_at = $2, error = $3 \
+             WHERE id = $4 AND status = 'running' \
+             AND (SELECT token FROM fences WHERE name = $5) = $6",
         )
+        .bind(status.as_str())
         .bind(finished_at)
+        .bind(error)
         .bind(id)
         .bind(&fence.name)
         .bind(fence.token)

@@ -72,6 +72,20 @@ impl LockGuard {
         self.lost.clone()
     }
 
+    /// Is the lock still ours, asked of the store now (not only what the renewal last saw)?
+    /// `Ok(false)` (the key is gone or another holder's) also fires [`Self::lost`]. Local
+    /// `flock` locks cannot be taken over while held.
+    pub async fn verify(&self) -> Result<bool, LockError> {
+        let ours = match &self.inner {
+            GuardInner::Redis(g) => g.verify().await?,
+            GuardInner::Local(_) => true,
+        };
+        if !ours {
+            self.lost.cancel();
+        }
+        Ok(ours)
+    }
+
     /// Releases the lock now (dropping the guard releases it too, less promptly for Redis,
     /// where the key then lives until its TTL).
     pub async fn release(self) {

@@ -105,6 +105,16 @@ impl RedisLocks {
 }
 
 impl RedisGuard {
+    /// Does the key still hold our token?
+    pub(super) async fn verify(&self) -> Result<bool, LockError> {
+        let mut con = connect(&self.client, self.io_timeout).await?;
+        let value: Option<String> = redis::cmd("GET")
+            .arg(&self.key)
+            .query_async(&mut con)
+            .await?;
+        Ok(value.as_deref() == Some(self.token.as_str()))
+    }
+
     pub(super) async fn release(self) {
         drop(self.stop_renewing);
         let _ = self.renewer.await;

@@ -8,7 +8,9 @@
 //! - of the pushes on the branch, the last to arrive carries the run, which deploys `H`; the
 //!   others are `superseded` by `H`;
 //! - if `H` is the deployed commit already, every push on the branch is `stale`, unless an
-//!   operator asked for a deploy (`deploy NAME` without `--sha`), which redeploys it.
+//!   operator asked for a deploy (`deploy NAME` without `--sha`), which redeploys it. The caller
+//!   passes a deployed commit only when the working tree is checked out at it (a failed run
+//!   leaves the tree at the commit it tried), so a tree elsewhere gets the head again.
 //!
 //! An operator's `deploy NAME --sha X` (pinned) deploys exactly `X` when it is the last to
 //! arrive; the next push moves forward to the head again. Nothing here needs the deployed

@@ -79,6 +79,7 @@ impl Repo {
                 cwd,
                 env: &env,
                 timeout,
+                pgid_file: None,
             },
             log,
             cancel,
@@ -216,6 +217,15 @@ impl Repo {
             .query(&["merge-base", "--is-ancestor", ancestor, descendant])
             .await?
             .is_some())
+    }
+
+    /// The commit the working tree is checked out at (`None` before the first checkout).
+    pub async fn checked_out(&self) -> Result<Option<String>, GitError> {
+        Ok(self
+            .query(&["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+            .await?
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty()))
     }
 
     /// The branch head as of the last fetch.

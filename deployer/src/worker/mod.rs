@@ -10,8 +10,11 @@
 //! removed without running. A crash mid-run leaves it queued, and the next holder of the lock
 //! closes the interrupted run as cancelled and redoes it.
 //!
-//! Fencing: right after taking the deployment's lock the worker takes the next fencing token
-//! from the ledger; success is recorded and sites are published only while it is the latest.
+//! Fencing: right after taking the deployment's lock, before anything else, the worker takes
+//! the next fencing token from the ledger; a run's outcome is recorded only while it is the
+//! latest (a holder fenced out records nothing and leaves the entry to the new holder), and
+//! each site-publishing helper request is preceded by a check of both the lock (in its store)
+//! and the token.
 //!
 //! Supervision: each worker runs under a supervisor that restarts it with backoff if it exits
 //! or panics, reporting it to [`crate::health`] meanwhile. On shutdown a worker takes no new work and gives a running deploy
@@ -128,6 +131,7 @@ pub async fn start_supervised(
     let locks = Locks::from_config(&config).map_err(|e| WorkerError::Startup(e.to_string()))?;
     let github = StatusClient::from_config(&config);
     let helper = sites::Helper::new(&config.helper_socket);
+    settle_removed_deployments(&config, &ledger).await;
     let mut handles = Vec::new();
     for deployment in config.enabled_deployments() {
         let dir = deploy_queue_dir(&config, &deployment.name);
@@ -149,6 +153,81 @@ pub async fn start_supervised(
         )));
     }
     Ok(WorkerSet { handles })
+}
+
+/// Entries left in the queue of a deployment that is no longer in the config (renamed or
+/// removed while they waited) would never be read again: each is recorded `ignored`
+/// ("deployment no longer configured") and removed. Disabled deployments keep their entries.
+/// Best effort: an entry whose outcome cannot be written stays, and is tried at the next start.
+async fn settle_removed_deployments(config: &Config, ledger: &Ledger) {
+    let Ok(dirs) = std::fs::read_dir(config.queues_dir()) else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        let file_name = dir.file_name();
+        let Some(name) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix("deploy-"))
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let quarantine_of_configured = name
+            .strip_suffix("-quarantine")
+            .is_some_and(|d| config.deployments.contains_key(d));
+        if config.deployments.contains_key(&name)
+            || quarantine_of_configured
+            || !dir.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        let Ok(queue) = Queue::open(dir.path()) else {
+            continue;
+        };
+        for entry in queue.list().unwrap_or_default() {
+            let Ok(Some(contents)) = queue.read(&entry) else {
+                continue;
+            };
+            let Ok(req) = serde_json::from_slice::<DeployRequest>(&contents) else {
+                tracing::warn!(queue = %dir.path().display(), %entry, "unreadable entry of a deployment no longer configured; left in place");
+                continue;
+            };
+            let settled = match ledger.entry_outcome(&name, &entry).await {
+                Ok(Some(_)) => true,
+                Ok(None) => {
+                    let now = crate::dispatch::now_ms();
+                    let run = Run {
+                        id: new_run_id(),
+                        deployment: name.clone(),
+                        delivery: req.delivery.clone(),
+                        sha: req.sha.clone(),
+                        source: if req.pinned {
+                            "pinned".to_owned()
+                        } else {
+                            req.source.clone()
+                        },
+                        status: RunStatus::Ignored,
+                        started_at: now,
+                        finished_at: Some(now),
+                        log_path: None,
+                        error: Some("deployment no longer configured".to_owned()),
+                        entry: Some(entry.clone()),
+                    };
+                    matches!(record_outcome(ledger, &run).await, Disposition::Complete)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, deployment = %name, %entry, "cannot read the ledger; the entry stays");
+                    false
+                }
+            };
+            if settled {
+                tracing::warn!(deployment = %name, %entry, delivery = %req.delivery, "entry of a deployment no longer configured recorded ignored");
+                if let Err(e) = queue.remove(&entry) {
+                    tracing::error!(error = %e, %entry, "cannot remove a settled entry");
+                }
+            }
+        }
+    }
 }
 
 /// Runs `worker` until shutdown, restarting it with backoff whenever it exits or panics.
@@ -249,6 +328,25 @@ impl Worker {
             release_all(consumer, batch.iter().map(|e| e.name.as_str()));
             return true;
         };
+        // The fencing token is taken first, before any other work under the lock, so that an
+        // earlier holder is fenced out from the moment we hold the lock.
+        let fence = match self.ledger.take_fence(&deploy_lock(name)).await {
+            Ok(fence) => fence,
+            Err(e) => {
+                tracing::error!(deployment = %name, error = %e, "ledger unavailable");
+                lock.release().await;
+                release_all(consumer, batch.iter().map(|e| e.name.as_str()));
+                return false;
+            }
+        };
+        // A holder that died (SIGKILL) may have left its command's process group running:
+        // end it before anything runs here (on this host; across hosts the systemd unit's
+        // cgroup kill covers it).
+        if let Some(pgid) =
+            process::kill_leftover(&process::pgid_file(&self.config.state_dir, name))
+        {
+            tracing::warn!(deployment = %name, pgid, "killed the process group of a previous holder's command");
+        }
         // Another process sharing this state may have run (and removed) some of these entries
         // while we waited for the lock.
         let still_queued = match consumer.queue().list() {
@@ -373,19 +471,9 @@ impl Worker {
             lock.release().await;
             return true;
         }
-        let fence = match self.ledger.take_fence(&deploy_lock(name)).await {
-            Ok(fence) => fence,
-            Err(e) => {
-                tracing::error!(deployment = %name, error = %e, "ledger unavailable");
-                lock.release().await;
-                release_all(consumer, fresh.iter().map(|p| p.entry.as_str()));
-                return false;
-            }
-        };
-
         let cancel = CancellationToken::new();
         let watcher = tokio::spawn(watch(shutdown.clone(), lock.lost(), cancel.clone()));
-        let outcome = self.execute(fresh, &cancel, &fence).await;
+        let outcome = self.execute(fresh, &cancel, &fence, &lock).await;
         watcher.abort();
         // Entries leave the queue before the lock is free, so the next holder never sees one
         // that is already recorded.

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +44,61 @@ pub struct Spawn<'a> {
     pub cwd: &'a Path,
     pub env: &'a [(String, String)],
     pub timeout: Duration,
+    /// Where to record the command's process-group id while it runs (see [`pgid_file`]).
+    pub pgid_file: Option<&'a Path>,
+}
+
+/// `state_dir/process-groups/<deployment>.pgid`: the process group of the deployment's running
+/// command, as `<pgid> <start time>`. Written when a command starts and removed once its group
+/// is killed, so a file left behind means its writer died (SIGKILL, power loss) and the group
+/// may still be running: [`kill_leftover`] ends it before the next holder runs anything.
+pub fn pgid_file(state_dir: &Path, deployment: &str) -> PathBuf {
+    state_dir
+        .join("process-groups")
+        .join(format!("{deployment}.pgid"))
+}
+
+/// The start time of process `pid` (field 22 of `/proc/<pid>/stat`), to tell a reused id.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses, start at field 3.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+fn record_pgid(file: &Path, pgid: Pid) {
+    let written = file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            let start = start_time(pgid.as_raw()).unwrap_or(0);
+            std::fs::write(file, format!("{} {start}\n", pgid.as_raw()))
+        });
+    if let Err(e) = written {
+        tracing::warn!(file = %file.display(), error = %e, "cannot record the command's process group");
+    }
+}
+
+/// Kills the process group recorded in `file` by a holder that died without cleaning up (it
+/// is still running only if its writer was killed), and removes the file. Returns the group
+/// killed, if any. A recorded id now used by another process (different start time) is not
+/// touched: the recorded group ended for the id to be reused.
+pub fn kill_leftover(file: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let mut fields = text.split_whitespace();
+    let pgid: i32 = fields.next()?.parse().ok()?;
+    let start: u64 = fields.next()?.parse().ok()?;
+    let reused = start_time(pgid).is_some_and(|now| now != start);
+    let killed = (pgid > 1 && !reused && killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok())
+        .then_some(pgid);
+    if let Err(e) = std::fs::remove_file(file) {
+        tracing::warn!(file = %file.display(), error = %e, "cannot remove a process-group record");
+    }
+    killed
 }
 
 /// Shown in logs and errors: argv joined, quoted where needed for reading (not for a shell),
@@ -106,6 +161,9 @@ pub async fn run(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
+    if let (Some(file), Some(pgid)) = (spawn.pgid_file, pgid) {
+        record_pgid(file, pgid);
+    }
 
     let log_for_reader = Arc::clone(log);
     let reader = tokio::task::spawn_blocking(move || copy_lines(reader, &log_for_reader));
@@ -118,6 +176,9 @@ pub async fn run(
     if let Some(pgid) = pgid {
         // ESRCH (nothing left in the group) is the usual case after a clean exit.
         let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    if let Some(file) = spawn.pgid_file {
+        let _ = std::fs::remove_file(file);
     }
     let status = match outcome {
         Ok(status) => status,

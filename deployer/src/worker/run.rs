@@ -17,7 +17,7 @@ use super::{Run, RunStatus, Worker};
 use crate::dispatch::DeployRequest;
 use crate::github::CommitState;
 use crate::ledger::Fence;
-use crate::lock::NGINX_LOCK;
+use crate::lock::{LockGuard, NGINX_LOCK};
 
 /// A queue entry waiting to be deployed.
 #[derive(Debug)]
@@ -97,11 +97,49 @@ struct Attempt<'a> {
     cancel: &'a CancellationToken,
     /// Our fencing token for the deployment's lock.
     fence: &'a Fence,
+    /// The deployment's lock.
+    lock: &'a LockGuard,
+}
+
+/// [`sites::Holder`] for an attempt.
+struct Holds<'a, 'b> {
+    attempt: &'a Attempt<'b>,
+    ledger: &'a crate::ledger::Ledger,
+}
+
+impl sites::Holder for Holds<'_, '_> {
+    fn still_ours(&self) -> impl std::future::Future<Output = bool> + Send {
+        self.attempt.still_ours(self.ledger)
+    }
 }
 
 impl Attempt<'_> {
     fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Is the deployment still ours, asked now: the lock in its store and the latest fencing
+    /// token in the ledger? An error counts as no (nothing is published that cannot be
+    /// vouched for).
+    async fn still_ours(&self, ledger: &crate::ledger::Ledger) -> bool {
+        match self.lock.verify().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!("the deployment's lock is another holder's now");
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check the deployment's lock");
+                return false;
+            }
+        }
+        match ledger.fence_holds(self.fence).await {
+            Ok(holds) => holds,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check the fencing token");
+                false
+            }
+        }
     }
 }
 
@@ -112,6 +150,7 @@ impl Worker {
         pending: Vec<Pending>,
         cancel: &CancellationToken,
         fence: &Fence,
+        lock: &LockGuard,
     ) -> Vec<(String, Disposition)> {
         let run_id = new_run_id();
         let span = tracing::info_span!(
@@ -120,7 +159,7 @@ impl Worker {
             run = %run_id,
             sha = tracing::field::Empty
         );
-        self.execute_run(run_id, pending, cancel, fence)
+        self.execute_run(run_id, pending, cancel, fence, lock)
             .instrument(span)
             .await
     }
@@ -131,6 +170,7 @@ impl Worker {
         pending: Vec<Pending>,
         cancel: &CancellationToken,
         fence: &Fence,
+        lock: &LockGuard,
     ) -> Vec<(String, Disposition)> {
         let d = &self.deployment;
         let started = now_ms();
@@ -245,6 +285,27 @@ impl Worker {
                 return out;
             }
         };
+        // "Already deployed" needs the working tree to be at that commit too: a failed run
+        // leaves the tree at the commit it checked out, which may since have left the branch.
+        let deployed_here = match &deployed {
+            Some(sha) => match repo.checked_out().await {
+                Ok(Some(tree)) if tree == *sha => Some(sha.clone()),
+                Ok(tree) => {
+                    log.line(&format!(
+                        "the working tree is at {}, not at the deployed commit {sha}: deploying again",
+                        tree.as_deref().unwrap_or("no commit")
+                    ));
+                    None
+                }
+                Err(e) => {
+                    log.line(&format!(
+                        "cannot read the working tree's HEAD ({e}): deploying again"
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
         let candidates: Vec<Candidate> = present
             .iter()
             .map(|p| Candidate {
@@ -253,7 +314,7 @@ impl Worker {
                 forced: p.req.source == "cli" && !p.req.pinned,
             })
             .collect();
-        let plan = match coalesce::plan(&repo, &candidates, &head, deployed.as_deref()).await {
+        let plan = match coalesce::plan(&repo, &candidates, &head, deployed_here.as_deref()).await {
             Ok(plan) => plan,
             Err(e) => {
                 let error = one_line(&e);
@@ -301,6 +362,7 @@ impl Worker {
             deadline,
             cancel,
             fence,
+            lock,
         };
         let disposition = self
             .deploy(&attempt, &chosen, &target, deployed.as_deref())
@@ -370,32 +432,25 @@ impl Worker {
             Err(e) => (RunStatus::Failed, Some(one_line(e))),
         };
         let secs = (finished - started) / 1000;
-        let recorded = if status == RunStatus::Success {
-            // Success is written only while our fencing token is the latest: a process that
-            // lost its lock can never record one.
-            match self
-                .ledger
-                .finish_run_fenced(run_id, finished, a.fence)
-                .await
-            {
-                Ok(true) => Ok(()),
-                Ok(false) => {
-                    status = RunStatus::Cancelled;
-                    error = Some(
-                        "another holder took the deployment's lock during this run; not recorded as a success"
-                            .to_owned(),
-                    );
-                    tracing::error!("fenced out: another process holds the deployment's lock");
-                    self.ledger
-                        .finish_run(run_id, status, finished, error.as_deref())
-                        .await
-                }
-                Err(e) => Err(e),
+        // Every outcome is written only while our fencing token is the latest and the run is
+        // still `running`: a process that lost its lock records nothing (the new holder closes
+        // this run as `cancelled` and owns the entry) and leaves the entry alone.
+        let recorded = match self
+            .ledger
+            .finish_run_fenced(run_id, status, finished, error.as_deref(), a.fence)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                status = RunStatus::Cancelled;
+                error = Some(
+                    "another holder took the deployment's lock during this run; nothing recorded, the entry is left to it"
+                        .to_owned(),
+                );
+                tracing::error!("fenced out: another process holds the deployment's lock");
+                Ok(())
             }
-        } else {
-            self.ledger
-                .finish_run(run_id, status, finished, error.as_deref())
-                .await
+            Err(e) => Err(e),
         };
         log.line(&match &error {
             None => format!("run {run_id}: success in {secs}s"),
@@ -466,6 +521,7 @@ impl Worker {
                     .into_owned(),
             ),
         ]);
+        let pgid_file = process::pgid_file(&self.config.state_dir, &d.name);
         for spec in &d.commands {
             let left = a.remaining();
             if left.is_zero() {
@@ -478,6 +534,7 @@ impl Worker {
                     cwd: &d.path,
                     env: &env,
                     timeout,
+                    pgid_file: Some(&pgid_file),
                 },
                 log,
                 cancel,
@@ -491,19 +548,17 @@ impl Worker {
             let Some(lock) = self.locks.acquire(NGINX_LOCK, cancel).await else {
                 return Err(StepError::Cancelled);
             };
-            // Sites are published only by the holder of the deployment's latest fencing token,
-            // and only while both locks hold.
-            let fenced = match self.ledger.fence_holds(a.fence).await {
-                Ok(holds) => !holds,
-                Err(e) => {
-                    lock.release().await;
-                    return Err(StepError::Ledger(e));
-                }
-            };
-            if fenced || cancel.is_cancelled() {
+            // Sites are published only by the holder of the deployment's lock and latest
+            // fencing token, checked right before each helper request, and only while the
+            // nginx lock holds.
+            if !a.still_ours(&self.ledger).await || cancel.is_cancelled() {
                 lock.release().await;
                 return Err(StepError::Fenced);
             }
+            let holds = Holds {
+                attempt: a,
+                ledger: &self.ledger,
+            };
             let nginx_lost = lock.lost();
             let published = tokio::select! {
                 r = sites::publish(
@@ -512,7 +567,11 @@ impl Worker {
                     &self.config.state_dir,
                     changed.as_deref(),
                     log,
-                ) => r.map_err(StepError::from),
+                    &holds,
+                ) => r.map_err(|e| match e {
+                    SiteError::Fenced => StepError::Fenced,
+                    e => StepError::from(e),
+                }),
                 () = nginx_lost.cancelled() => Err(StepError::NginxLockLost),
                 () = cancel.cancelled() => Err(StepError::Cancelled),
             };

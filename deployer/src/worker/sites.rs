@@ -42,6 +42,8 @@ pub enum SiteError {
     Client(#[from] ClientError),
     #[error("privileged helper answered {0} with something unexpected")]
     Unexpected(&'static str),
+    #[error("fenced out: another holder took the deployment's lock")]
+    Fenced,
     #[error("cannot record the published sites in {path}: {source}")]
     State {
         path: PathBuf,
@@ -171,14 +173,22 @@ pub fn domains_of(conf: &str) -> Result<Option<Domains>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Who publishes: asked right before each helper request whether the deployment is still ours.
+pub trait Holder: Sync {
+    fn still_ours(&self) -> impl std::future::Future<Output = bool> + Send;
+}
+
 /// Runs the sites step; the caller holds the nginx lock. `changed` is `None` on a first deploy
-/// (or when the previous commit is unknown), when every site is written.
+/// (or when the previous commit is unknown), when every site is written. `holder` is asked
+/// right before each helper request: once it says no (the deployment's lock or fencing token
+/// is another holder's), nothing more is sent.
 pub async fn publish(
     helper: &Helper,
     deployment: &Deployment,
     state_dir: &Path,
     changed: Option<&[PathBuf]>,
     log: &Arc<RunLog>,
+    holder: &impl Holder,
 ) -> Result<(), SiteError> {
     let list = published_list(state_dir, &deployment.name);
     let previous = read_published(&list);
@@ -238,13 +248,19 @@ pub async fn publish(
             site: site_name(site)?,
         });
     }
+    requests.push(Request::ReloadNginx);
     for request in requests {
+        if !holder.still_ours().await {
+            return Err(SiteError::Fenced);
+        }
         helper.call(request, log).await?;
     }
-    helper.call(Request::ReloadNginx, log).await?;
     // Recorded before certificates: the confs are live now, whatever certbot says.
     write_published(&list, &current)?;
     for request in certificates {
+        if !holder.still_ours().await {
+            return Err(SiteError::Fenced);
+        }
         helper.call(request, log).await?;
     }
     Ok(())
