@@ -3,42 +3,10 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use protocol::client::Client;
-use protocol::{ErrorCode, Outcome, Request, Response, SiteConfig, SiteName};
-use testkit::nginx::Nginx;
 use testkit::prereq;
-use testkit::privhelper::{PolicySpec, PrivHelper};
 
-fn start(spec: impl FnOnce(PolicySpec) -> PolicySpec) -> Option<(Nginx, PrivHelper, Client)> {
-    let nginx = Nginx::start()?;
-    let spec = spec(PolicySpec::new(&nginx).site("demo", &["demo.test"]));
-    let helper = PrivHelper::start(&nginx, &spec)?;
-    let client = Client::new(helper.socket(), Duration::from_secs(120));
-    Some((nginx, helper, client))
-}
-
-fn write(client: &Client, conf: &str) -> Response {
-    let request = Request::WriteSite {
-        site: SiteName::try_from("demo").unwrap(),
-        config: SiteConfig::try_from(conf).unwrap(),
-    };
-    client.call(&request).unwrap()
-}
-
-fn refused(r: &Response) -> bool {
-    match r {
-        Response::Error { code: ErrorCode::ConfRefused, .. } => true,
-        Response::Done { .. } => false,
-        other => panic!("neither refused nor written: {other:?}"),
-    }
-}
-
-fn reload(nginx: &Nginx, client: &Client) {
-    let old = nginx.worker_pids();
-    let r = client.call(&Request::ReloadNginx).unwrap();
-    assert!(matches!(r, Response::Done { outcome: Outcome::Reloaded, .. }), "{r:?}");
-    nginx.wait_for_new_workers(&old);
-}
+mod review_support;
+use review_support::{refused, reload, start, write};
 
 struct Killed(Child);
 impl Drop for Killed {

@@ -8,25 +8,12 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use protocol::client::Client;
-use protocol::{ErrorCode, Outcome, Request, Response, SiteConfig, SiteName};
+use protocol::{ErrorCode, Outcome, Request, Response};
 use testkit::nginx::Nginx;
 use testkit::privhelper::{PolicySpec, PrivHelper};
 
-fn start(spec: impl FnOnce(PolicySpec) -> PolicySpec) -> Option<(Nginx, PrivHelper, Client)> {
-    let nginx = Nginx::start()?;
-    let spec = spec(PolicySpec::new(&nginx).site("demo", &["demo.test"]));
-    let helper = PrivHelper::start(&nginx, &spec)?;
-    let client = Client::new(helper.socket(), Duration::from_secs(120));
-    Some((nginx, helper, client))
-}
-
-fn write(client: &Client, conf: &str) -> Response {
-    let request = Request::WriteSite {
-        site: SiteName::try_from("demo").unwrap(),
-        config: SiteConfig::try_from(conf).unwrap(),
-    };
-    client.call(&request).unwrap()
-}
+mod review_support;
+use review_support::{start, write};
 
 fn assert_refused(nginx: &Nginx, client: &Client, conf: &str) {
     let response = write(client, conf);
