@@ -8,45 +8,17 @@ mod robust_support;
 
 use std::io::Read;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deployer::ledger::Ledger;
-use robust_support::{
-    Daemon, DeploymentSpec, Setup, push_payload, restartable_port, send_signed, wait_for,
-};
+use robust_support::{DeploymentSpec, Setup, push_payload, send_signed, wait_for};
+use robust_support::{redis_cli, two_daemons};
 use testkit::git::Remote;
 
 const REPO: &str = "attack/fence-gap";
 const KEY: &str = "durhack-deployer:deploy:app";
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "--raw"])
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn two_daemons(setup: &Setup) -> (Daemon, Daemon) {
-    let a = Daemon::new(setup);
-    let mut b = Daemon::new(setup);
-    let port = restartable_port();
-    let text = std::fs::read_to_string(&setup.config_path)
-        .unwrap()
-        .replace(
-            &format!("listen = \"127.0.0.1:{}\"", setup.port),
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
-    let config_b: PathBuf = setup.dir.path().join("config-b.toml");
-    std::fs::write(&config_b, text).unwrap();
-    b.config_path = config_b;
-    b.port = port;
-    b.log_path = setup.dir.path().join("daemon-b.log");
-    (a, b)
-}
 
 fn first_event(dir: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(dir.join("events")).ok()?;

@@ -5,13 +5,11 @@
 
 mod robust_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use deployer::worker::RunStatus;
-use robust_support::{
-    Daemon, DeploymentSpec, LedgerView, Setup, push_payload, restartable_port, send_signed,
-    wait_for,
-};
+use robust_support::{DeploymentSpec, LedgerView, Setup, push_payload, send_signed, wait_for};
+use robust_support::{redis_cli, two_daemons};
 use testkit::git::Remote;
 
 const REPO: &str = "robust/locked-app";
@@ -42,33 +40,6 @@ fn events(dir: &Path) -> Vec<(String, u32, i32)> {
 }
 
 /// Two daemons, A and B, on one state directory: B's config differs only in its port.
-fn two_daemons(setup: &Setup) -> (Daemon, Daemon) {
-    let a = Daemon::new(setup);
-    let mut b = Daemon::new(setup);
-    let port = restartable_port();
-    let text = std::fs::read_to_string(&setup.config_path)
-        .unwrap()
-        .replace(
-            &format!("listen = \"127.0.0.1:{}\"", setup.port),
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
-    let config_b: PathBuf = setup.dir.path().join("config-b.toml");
-    std::fs::write(&config_b, text).unwrap();
-    b.config_path = config_b;
-    b.port = port;
-    b.log_path = setup.dir.path().join("daemon-b.log");
-    (a, b)
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "--raw"])
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }

@@ -7,33 +7,14 @@
 
 mod robust_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use robust_support::{
-    Daemon, DeploymentSpec, Setup, push_payload, restartable_port, send_signed, wait_for,
-};
+use robust_support::two_daemons;
+use robust_support::{DeploymentSpec, Setup, push_payload, send_signed, wait_for};
 use testkit::git::Remote;
 
 const REPO: &str = "attack/orphan";
-
-fn two_daemons(setup: &Setup) -> (Daemon, Daemon) {
-    let a = Daemon::new(setup);
-    let mut b = Daemon::new(setup);
-    let port = restartable_port();
-    let text = std::fs::read_to_string(&setup.config_path)
-        .unwrap()
-        .replace(
-            &format!("listen = \"127.0.0.1:{}\"", setup.port),
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
-    let config_b: PathBuf = setup.dir.path().join("config-b.toml");
-    std::fs::write(&config_b, text).unwrap();
-    b.config_path = config_b;
-    b.port = port;
-    b.log_path = setup.dir.path().join("daemon-b.log");
-    (a, b)
-}
 
 fn starts(dir: &Path) -> Vec<(u32, i32)> {
     std::fs::read_to_string(dir.join("events"))

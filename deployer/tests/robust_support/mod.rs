@@ -586,3 +586,33 @@ pub fn is_mount_point(path: &Path) -> bool {
         .lines()
         .any(|l| l.split_whitespace().nth(1) == Some(p.as_str()))
 }
+
+/// Two daemons on one setup (one state dir, one config but for the listen port, so one ledger
+/// and one lock server): the lock tests' competitors.
+pub fn two_daemons(setup: &Setup) -> (Daemon, Daemon) {
+    let a = Daemon::new(setup);
+    let mut b = Daemon::new(setup);
+    let port = restartable_port();
+    let text = std::fs::read_to_string(&setup.config_path)
+        .unwrap()
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", setup.port),
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+    let config_b: PathBuf = setup.dir.path().join("config-b.toml");
+    std::fs::write(&config_b, text).unwrap();
+    b.config_path = config_b;
+    b.port = port;
+    b.log_path = setup.dir.path().join("daemon-b.log");
+    (a, b)
+}
+
+/// `redis-cli -p PORT --raw ARGS...`, trimmed.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "--raw"])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
