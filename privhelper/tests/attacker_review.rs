@@ -11,7 +11,7 @@ use testkit::nginx::Nginx;
 use testkit::privhelper::{PolicySpec, PrivHelper};
 
 mod review_support;
-use review_support::{refused, reload, start, write};
+use review_support::{demo_root, publish, refused, reload, start, write};
 
 /// A regex capture is a substring of the normalised $uri, so it can be `..` by itself:
 /// `/..x/etc` captures `..`. try_files/rewrite/error_page then climb out of the root.
@@ -20,8 +20,7 @@ fn captures_climb_out_of_the_root() {
     let Some((nginx, _helper, client)) = start(|s| s) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     std::fs::write(root.join("index.html"), "inside").unwrap();
     // <prefix>/www/demo/../../secret.txt = <prefix>/secret.txt
     std::fs::write(nginx.prefix().join("secret.txt"), "outside the root").unwrap();
@@ -34,12 +33,9 @@ fn captures_climb_out_of_the_root() {
         nginx.listen(),
         root.display()
     );
-    let r = write(&client, &conf);
-    eprintln!("WriteSite: {r:?}");
-    if refused(&r) {
+    if !publish(&nginx, &client, &conf) {
         return;
     }
-    reload(&nginx, &client);
     let mut leaked = Vec::new();
     for path in ["/t/..x", "/r/..x", "/e/..x"] {
         let got = nginx.get("demo.test", path);
@@ -57,8 +53,7 @@ fn captures_reach_etc_passwd() {
     let Some((nginx, _helper, client)) = start(|s| s) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     let up = "/$1".repeat(root.components().count() + 2);
     let conf = format!(
         "server {{ listen {}; server_name demo.test; root {};\n\
@@ -67,10 +62,9 @@ fn captures_reach_etc_passwd() {
         nginx.listen(),
         root.display()
     );
-    if refused(&write(&client, &conf)) {
+    if !publish(&nginx, &client, &conf) {
         return;
     }
-    reload(&nginx, &client);
     let passwd = nginx.get("demo.test", "/p/..x");
     eprintln!("GET /p/..x -> {passwd:?}");
     assert!(!passwd.1.contains("root:x:0:0"), "served /etc/passwd");
@@ -156,10 +150,9 @@ fn redirect_target_from_raw_client_input() {
          }}",
         nginx.listen()
     );
-    if refused(&write(&client, &conf)) {
+    if !publish(&nginx, &client, &conf) {
         return;
     }
-    reload(&nginx, &client);
     let mut open = Vec::new();
     for path in ["/a?to=https://evil.example/", "/b?https://evil.example/"] {
         let out = std::process::Command::new("curl")
@@ -252,10 +245,9 @@ fn rewrites_of_uri_build_dot_dot_without_captures() {
         nginx.listen(),
         root.display()
     );
-    if refused(&write(&client, &conf)) {
+    if !publish(&nginx, &client, &conf) {
         return;
     }
-    reload(&nginx, &client);
     let got = nginx.get("demo.test", "/q");
     eprintln!("GET /q -> {got:?}");
     eprintln!("{}", nginx.error_log().lines().rev().take(3).collect::<Vec<_>>().join("\n"));
@@ -269,8 +261,7 @@ fn uri_followed_by_dots_climbs_out() {
     let Some((nginx, _helper, client)) = start(|s| s) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     std::fs::write(nginx.prefix().join("secret.txt"), "outside the root").unwrap();
     let conf = format!(
         "server {{ listen {}; server_name demo.test; root {};\n\
@@ -279,10 +270,9 @@ fn uri_followed_by_dots_climbs_out() {
         nginx.listen(),
         root.display()
     );
-    if refused(&write(&client, &conf)) {
+    if !publish(&nginx, &client, &conf) {
         return;
     }
-    reload(&nginx, &client);
     let got = nginx.get("demo.test", "/");
     eprintln!("GET / -> {got:?}");
     assert!(!got.1.contains("outside the root"), "read a file outside the root");
@@ -295,8 +285,7 @@ fn autoindex_through_a_foreign_symlink() {
     let Some((nginx, _helper, client)) = start(|s| s) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     let secret_dir = nginx.prefix().join("private");
     std::fs::create_dir_all(&secret_dir).unwrap();
     std::fs::write(secret_dir.join("secret-name.txt"), "x").unwrap();
@@ -353,10 +342,9 @@ fn a_server_without_listen_gets_port_80_end_to_end() {
         return;
     };
     let conf = "server { server_name demo.test; return 200 \"demo answers $host$request_uri\"; }";
-    if refused(&write(&client, conf)) {
+    if !publish(&nginx, &client, conf) {
         return;
     }
-    reload(&nginx, &client);
     let out = std::process::Command::new("curl")
         .args([
             "-s",

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use testkit::prereq;
 
 mod review_support;
-use review_support::{refused, reload, start, write};
+use review_support::{demo_root, publish, refused, reload, start, write};
 
 struct Killed(Child);
 impl Drop for Killed {
@@ -35,8 +35,7 @@ fn autoindex_lists_a_foreign_directory_by_racing_a_symlink_swap() {
     let Some((nginx, _helper, client)) = start(|s| s) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     let secret_dir = nginx.prefix().join("private");
     std::fs::create_dir_all(&secret_dir).unwrap();
     std::fs::write(secret_dir.join("secret-name.txt"), "x").unwrap();
@@ -117,12 +116,9 @@ fn regex_alias_without_slash_makes_autoindex_list_the_one_byte_shorter_path() {
         nginx.listen(),
         root = root.display()
     );
-    let r = write(&client, &conf);
-    eprintln!("WriteSite: {r:?}");
-    if refused(&r) {
+    if !publish(&nginx, &client, &conf) {
         return;
     }
-    reload(&nginx, &client);
     // The direct way is refused by disable_symlinks, as intended.
     let direct = nginx.get("demo.test", "/a/");
     eprintln!("GET /a/ -> {}", direct.0);

@@ -2,7 +2,7 @@
 //! Each test fails on 8ae0cc0.
 
 mod review_support;
-use review_support::{refused, reload, start, write};
+use review_support::{demo_root, publish, refused, reload, start, write};
 
 /// A percent-encoded `?` survives normalisation inside `$uri` (`GET /..%3F` gives `$uri` =
 /// `/..?`, a segment `..?` that is not a dot segment). An internal redirect to a value holding
@@ -13,8 +13,7 @@ fn encoded_question_mark_turns_uri_into_dot_dot_after_a_redirect() {
     let Some((nginx, _helper, client)) = start(|s| s) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     let up = "$uri".repeat(root.components().count() + 2);
     let conf = format!(
         "server {{ listen {}; server_name demo.test; root {};\n\
@@ -24,12 +23,9 @@ fn encoded_question_mark_turns_uri_into_dot_dot_after_a_redirect() {
         nginx.listen(),
         root.display()
     );
-    let r = write(&client, &conf);
-    eprintln!("WriteSite: {r:?}");
-    if refused(&r) {
+    if !publish(&nginx, &client, &conf) {
         return;
     }
-    reload(&nginx, &client);
     let got = nginx.get("demo.test", "/..%3F");
     eprintln!("GET /..%3F -> {} {:?}", got.0, got.1.lines().next());
     assert!(!got.1.contains("root:x:0:0"), "served /etc/passwd");
@@ -42,8 +38,7 @@ fn one_try_files_with_uri_fallback_serves_etc_passwd() {
     let Some((nginx, _helper, client)) = start(|s| s) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     let up = "$uri".repeat(root.components().count() + 2);
     let conf = format!(
         "server {{ listen {}; server_name demo.test; root {};\n\
@@ -52,12 +47,9 @@ fn one_try_files_with_uri_fallback_serves_etc_passwd() {
         nginx.listen(),
         root.display()
     );
-    let r = write(&client, &conf);
-    eprintln!("WriteSite: {r:?}");
-    if refused(&r) {
+    if !publish(&nginx, &client, &conf) {
         return;
     }
-    reload(&nginx, &client);
     let got = nginx.get("demo.test", "/..%3F");
     eprintln!("GET /..%3F -> {} {:?}", got.0, got.1.lines().next());
     assert!(!got.1.contains("root:x:0:0"), "served /etc/passwd");
@@ -69,8 +61,7 @@ fn error_page_uri_fallback_serves_etc_passwd() {
     let Some((nginx, _helper, client)) = start(|s| s) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     let up = "$uri".repeat(root.components().count() + 2);
     let conf = format!(
         "server {{ listen {}; server_name demo.test; root {};\n\
@@ -79,12 +70,9 @@ fn error_page_uri_fallback_serves_etc_passwd() {
         nginx.listen(),
         root.display()
     );
-    let r = write(&client, &conf);
-    eprintln!("WriteSite: {r:?}");
-    if refused(&r) {
+    if !publish(&nginx, &client, &conf) {
         return;
     }
-    reload(&nginx, &client);
     let got = nginx.get("demo.test", "/..%3F");
     eprintln!("GET /..%3F -> {} {:?}", got.0, got.1.lines().next());
     assert!(!got.1.contains("root:x:0:0"), "served /etc/passwd");
@@ -115,8 +103,7 @@ fn backend_x_accel_redirect_sets_uri_to_dot_dot() {
     }) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     let up = "$uri".repeat(root.components().count() + 2);
     let conf = format!(
         "server {{ listen {}; server_name demo.test; root {};\n\

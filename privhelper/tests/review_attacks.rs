@@ -13,7 +13,7 @@ use testkit::nginx::Nginx;
 use testkit::privhelper::{PolicySpec, PrivHelper};
 
 mod review_support;
-use review_support::{start, write};
+use review_support::{demo_root, start, write};
 
 fn assert_refused(nginx: &Nginx, client: &Client, conf: &str) {
     let response = write(client, conf);
@@ -155,8 +155,7 @@ fn no_escape_from_the_root_at_request_time() {
     let Some((nginx, _helper, client)) = start(|s| s) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     std::fs::write(root.join("index.html"), "inside").unwrap();
     let secret = nginx.prefix().join("secret.txt");
     std::fs::write(&secret, "outside the root").unwrap();

@@ -2,7 +2,7 @@
 //! helper as root and a real nginx 1.22. Each test fails on 978fe61.
 
 mod review_support;
-use review_support::{refused, reload, start, write};
+use review_support::{demo_root, publish, refused, reload, start, write};
 
 /// `$uri` is "normalised" only for the request line: a literal internal rewrite (or
 /// error_page/try_files/index URI) sets it to `/.`, and then `$uri.` is `/..`. Neither argument
@@ -12,8 +12,7 @@ fn literal_rewrite_to_dot_then_uri_dot_climbs_to_etc_passwd() {
     let Some((nginx, _helper, client)) = start(|s| s) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     let up = "$uri.".repeat(root.components().count() + 2);
     let conf = format!(
         "server {{ listen {}; server_name demo.test; root {};\n\
@@ -24,12 +23,9 @@ fn literal_rewrite_to_dot_then_uri_dot_climbs_to_etc_passwd() {
         nginx.listen(),
         root.display()
     );
-    let r = write(&client, &conf);
-    eprintln!("WriteSite: {r:?}");
-    if refused(&r) {
+    if !publish(&nginx, &client, &conf) {
         return;
     }
-    reload(&nginx, &client);
     let mut leaked = Vec::new();
     for path in ["/t", "/e"] {
         let got = nginx.get("demo.test", path);
@@ -49,8 +45,7 @@ fn uri_dot_redirects_need_no_literal_dot_segment() {
     let Some((nginx, _helper, client)) = start(|s| s) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     let up = "$uri.".repeat(root.components().count() + 2);
     let mut leaked = Vec::new();
     for first_hop in
@@ -92,8 +87,7 @@ fn try_files_without_a_slash_reads_a_sibling_of_the_root() {
     }) else {
         return;
     };
-    let root = nginx.www_dir().join("demo");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = demo_root(&nginx);
     let sibling = nginx.www_dir().join("demo-private");
     std::fs::create_dir_all(&sibling).unwrap();
     std::fs::write(sibling.join("key"), "outside the allowed root").unwrap();
@@ -107,12 +101,9 @@ fn try_files_without_a_slash_reads_a_sibling_of_the_root() {
         root.display(),
         root.display()
     );
-    let r = write(&client, &conf);
-    eprintln!("WriteSite: {r:?}");
-    if refused(&r) {
+    if !publish(&nginx, &client, &conf) {
         return;
     }
-    reload(&nginx, &client);
     let mut leaked = Vec::new();
     for path in ["/a", "/b", "/c"] {
         let got = nginx.get("demo.test", path);
@@ -138,12 +129,9 @@ fn error_page_is_an_unanchored_redirect() {
          }}",
         nginx.listen()
     );
-    let r = write(&client, &conf);
-    eprintln!("WriteSite: {r:?}");
-    if refused(&r) {
+    if !publish(&nginx, &client, &conf) {
         return;
     }
-    reload(&nginx, &client);
     let out = std::process::Command::new("curl")
         .args([
             "-s",

@@ -43,3 +43,23 @@ pub fn reload(nginx: &Nginx, client: &Client) {
     assert!(matches!(r, Response::Done { outcome: Outcome::Reloaded, .. }), "{r:?}");
     nginx.wait_for_new_workers(&old);
 }
+
+/// WriteSite for `demo`, then ReloadNginx if the helper wrote it. False when it refused the
+/// conf (the fixed behaviour: nothing to attack); true when the conf is live, and the test
+/// must then show the attack does nothing.
+pub fn publish(nginx: &Nginx, client: &Client, conf: &str) -> bool {
+    let r = write(client, conf);
+    eprintln!("WriteSite: {r:?}");
+    if refused(&r) {
+        return false;
+    }
+    reload(nginx, client);
+    true
+}
+
+/// `<nginx www>/demo`, created: the site's root.
+pub fn demo_root(nginx: &Nginx) -> std::path::PathBuf {
+    let root = nginx.www_dir().join("demo");
+    std::fs::create_dir_all(&root).unwrap();
+    root
+}
