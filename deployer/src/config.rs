@@ -593,17 +593,9 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
         None => DEFAULT_TIMEOUT,
     };
     for (site, file) in &raw.sites {
-        let site_ok = !site.is_empty()
-            && site.len() <= 63
-            && !site.starts_with('-')
-            && site
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !site_ok {
-            return Err(invalid(
-                format!("{}.{site}", key("sites")),
-                "a site name is 1-63 of lowercase letters, digits and `-`, not starting with `-`",
-            ));
+        // The helper's own rule, so `check` refuses what the helper would.
+        if let Err(e) = protocol::SiteName::try_from(site.as_str()) {
+            return Err(invalid(format!("{}.{site}", key("sites")), e.to_string()));
         }
         let relative_inside = file.is_relative()
             && file
