@@ -629,6 +629,9 @@ mod tests {
             shell_quote("/etc/nginx/conf.d/[a.com].conf"),
             "'/etc/nginx/conf.d/[a.com].conf'"
         );
-        assert_eq!(q("a\"b"), "\"a\\\"b\"");
+        for tricky in ["a\"b", "a'b\"c", "x\\y", "[a.com]"] {
+            let t: toml::Table = toml::from_str(&format!("k = {}", q(tricky))).unwrap();
+            assert_eq!(t["k"].as_str(), Some(tricky));
+        }
     }
 }
