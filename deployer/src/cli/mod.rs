@@ -94,6 +94,7 @@ fn remote_branch_head(deployment: &crate::config::Deployment) -> anyhow::Result<
         .block_on(crate::worker::ls_remote_head(
             &deployment.remote,
             &deployment.branch,
+            deployment.ssh_key_file.as_deref(),
         ))
         .with_context(|| format!("asking {} for {}", deployment.remote, deployment.branch))?
         .with_context(|| {
