@@ -199,7 +199,8 @@ fn frames_round_trip() {
     }
     // The largest legitimate request fits in a frame.
     let big = Request::WriteSite {
-        site: SiteName::try_from("a".repeat(63)).unwrap(),
+        site: SiteName::try_from(format!("{0}.{0}.{0}.{1}", "a".repeat(63), "b".repeat(8)))
+            .unwrap(),
         config: SiteConfig::try_from("é".repeat(MAX_CONFIG_BYTES / 2)).unwrap(),
     };
     assert!(frame::encode(&big).is_ok());
