@@ -21,8 +21,6 @@ use std::process::ExitCode;
 
 use protocol::{Domain, SiteName, nginx_syntax};
 
-use crate::config::valid_deployment_name;
-
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The Python deployer's `config/` directory.
@@ -389,7 +387,6 @@ fn migrate(args: &Args) -> Result<Migration, MigrateError> {
             continue;
         }
         let name = deployment_name(old_name);
-        debug_assert!(valid_deployment_name(&name));
         let _ = writeln!(config, "\n[deployments.{name}]");
         if name != *old_name {
             let _ = writeln!(config, "# `{old_name}` in the Python deployer's config");
@@ -417,6 +414,16 @@ fn migrate(args: &Args) -> Result<Migration, MigrateError> {
                 None => BTreeMap::new(),
             };
             let candidates: Vec<String> = files.keys().cloned().collect();
+            let wildcard = rules.iter().any(|r| {
+                r.get("select")
+                    .and_then(|s| s.as_array())
+                    .is_some_and(|s| s.iter().any(|n| n.as_str() == Some("*")))
+            });
+            if wildcard && args.nginx_checkout.is_none() {
+                return Err(invalid(format!(
+                    "deployments.{old_name}.sites selects `*`: pass --nginx-checkout DIR so the site files can be listed"
+                )));
+            }
             let _ = writeln!(config, "[deployments.{name}.sites]");
             for site in selected_sites(rules, &candidates) {
                 let site_name = SiteName::try_from(site.as_str()).map_err(|e| {
@@ -601,6 +608,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::valid_deployment_name;
 
     fn rules(text: &str) -> Vec<toml::Value> {
         let t: toml::Table = toml::from_str(text).unwrap();
