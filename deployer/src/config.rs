@@ -79,6 +79,8 @@ pub struct Deployment {
     pub timeout: Duration,
     /// nginx site name -> conf file path relative to the repository root.
     pub sites: BTreeMap<String, PathBuf>,
+    /// A deploy key for an ssh remote: git (and only git) runs with `GIT_SSH_COMMAND` naming it.
+    pub ssh_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +279,7 @@ struct RawDeployment {
     timeout: Option<String>,
     #[serde(default)]
     sites: BTreeMap<String, PathBuf>,
+    ssh_key_file: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -378,6 +381,24 @@ impl Config {
                 ));
             }
             deployments.insert(name, deployment);
+        }
+        // The service's user owns the state directory (install.sh makes it so); before it exists,
+        // whoever runs this is taken to be that user.
+        let service_uid = std::fs::metadata(&state_dir).map_or_else(
+            |_| nix::unistd::geteuid().as_raw(),
+            |m| std::os::unix::fs::MetadataExt::uid(&m),
+        );
+        for d in deployments.values() {
+            if let Some(problem) = d
+                .ssh_key_file
+                .as_deref()
+                .and_then(|k| ssh_key_problem(k, service_uid))
+            {
+                return Err(invalid(
+                    format!("deployments.{}.ssh_key_file", d.name),
+                    problem,
+                ));
+            }
         }
         Ok(Self {
             listen,
@@ -593,17 +614,9 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
         None => DEFAULT_TIMEOUT,
     };
     for (site, file) in &raw.sites {
-        let site_ok = !site.is_empty()
-            && site.len() <= 63
-            && !site.starts_with('-')
-            && site
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !site_ok {
-            return Err(invalid(
-                format!("{}.{site}", key("sites")),
-                "a site name is 1-63 of lowercase letters, digits and `-`, not starting with `-`",
-            ));
+        // The helper's own rule, so `check` refuses what the helper would.
+        if let Err(e) = protocol::SiteName::try_from(site.as_str()) {
+            return Err(invalid(format!("{}.{site}", key("sites")), e.to_string()));
         }
         let relative_inside = file.is_relative()
             && file
@@ -616,6 +629,9 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
             ));
         }
     }
+    if raw.ssh_key_file.as_ref().is_some_and(|k| !k.is_absolute()) {
+        return Err(invalid(key("ssh_key_file"), "must be an absolute path"));
+    }
     Ok(Deployment {
         name: name.to_owned(),
         repository: raw.repository,
@@ -627,7 +643,36 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
         env: raw.env,
         timeout,
         sites: raw.sites,
+        ssh_key_file: raw.ssh_key_file,
     })
+}
+
+/// Why a deploy key is unfit, if it is: not a regular file, readable or writable by group or
+/// others, or not owned by `uid` (the service's user). ssh refuses such a key too, but only at
+/// the first fetch; `check` says so before.
+pub fn ssh_key_problem(path: &Path, uid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("cannot read {}: {e}", path.display())),
+    };
+    let mode = meta.mode() & 0o777;
+    if !meta.is_file() {
+        Some(format!("{} is not a file", path.display()))
+    } else if mode & 0o077 != 0 {
+        Some(format!(
+            "{} has mode {mode:o}: a deploy key must be readable by its owner alone (chmod 600)",
+            path.display()
+        ))
+    } else if meta.uid() != uid {
+        Some(format!(
+            "{} is owned by uid {}, not by the service's user (uid {uid})",
+            path.display(),
+            meta.uid()
+        ))
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -652,7 +697,7 @@ path = "/var/www/durhack"
 commands = [["pnpm", "install"], { argv = ["pnpm", "build"], timeout = "5m" }]
 env = { NODE_ENV = "production" }
 timeout = "20m"
-sites = { durhack = "nginx/durhack.conf" }
+sites = { durhack = "nginx/durhack.conf", "api.durhack.com" = "nginx/api.conf" }
 
 [deployments.durhack-staging]
 repository = "ducompsoc/durhack"
@@ -667,6 +712,7 @@ enabled = false
         assert_eq!(c.github.webhook_secret.expose(), "s3cret");
         let d = &c.deployments["durhack"];
         assert_eq!(d.remote, "https://github.com/ducompsoc/durhack.git");
+        assert_eq!(d.sites["api.durhack.com"], Path::new("nginx/api.conf"));
         assert_eq!(d.commands[1].timeout, Some(Duration::from_secs(300)));
         assert_eq!(d.timeout, Duration::from_secs(1200));
         assert_eq!(c.enabled_deployments().count(), 1);
@@ -710,6 +756,14 @@ enabled = false
             (
                 "[deployments.A]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"",
                 "deployments.A",
+            ),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\nsites = { \"a..b\" = \"x.conf\" }",
+                "deployments.a.sites.a..b",
+            ),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\nssh_key_file = \"keys/a\"",
+                "deployments.a.ssh_key_file",
             ),
             ("lock_ttl = \"1s\"", "lock_ttl"),
             ("lock_ttl = \"1h\"", "lock_ttl"),

@@ -159,3 +159,128 @@ sites = { demo = "nginx/demo.conf" }"#,
     assert!(!nginx.sites_dir().join("demo.conf").exists());
     env.stop().await;
 }
+
+/// The certificate nginx serves on `port` for `name` (SNI), as openssl prints its names.
+fn served_names(port: u16, name: &str) -> String {
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername {name} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What nginx answers over TLS on `port` for `name` (certificate not verified: pebble's root is
+/// new on every start).
+fn https_body(port: u16, name: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["--silent", "--insecure", "--resolve"])
+        .arg(format!("{name}:{port}:127.0.0.1"))
+        .arg(format!("https://{name}:{port}/"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_tls_site_gets_its_first_certificate_and_a_renewed_one_is_served_at_once() {
+    use testkit::pebble::Pebble;
+    use testkit::prereq;
+    for program in ["certbot", "curl", "openssl"] {
+        if !prereq::require(
+            program,
+            prereq::have_program(program),
+            "a real certificate through pebble",
+        ) {
+            return;
+        }
+    }
+    let Some(nginx) = Nginx::start() else {
+        return;
+    };
+    let Some(pebble) = Pebble::start(nginx.port()) else {
+        return;
+    };
+    let tls_port = testkit::nginx::free_port();
+    let certbot_dir = tempfile::tempdir().unwrap();
+    // A dotted site name, its lineage `live/tls.test/`, as the Python deployer named both.
+    let mut spec = PolicySpec::new(&nginx).site("tls.test", &["tls.test", "www.tls.test"]);
+    spec.listen.push(format!("127.0.0.1:{tls_port} ssl"));
+    spec.certbot_argv = pebble.certbot_argv(certbot_dir.path(), &nginx.webroot());
+    spec.certbot_env = pebble.certbot_env();
+    spec.cert_live_dir = Pebble::live_dir(certbot_dir.path());
+    let Some(helper) = PrivHelper::start(&nginx, &spec) else {
+        return;
+    };
+    let live = spec.cert_live_dir.join("tls.test");
+    let conf = |names: &str| {
+        format!(
+            "server {{\n    listen {http};\n    server_name {names};\n    include {snippets}/acme-challenge.conf;\n    location / {{ return 200 \"plain\"; }}\n}}\nserver {{\n    listen 127.0.0.1:{tls_port} ssl;\n    server_name {names};\n    ssl_certificate {live}/fullchain.pem;\n    ssl_certificate_key {live}/privkey.pem;\n    location / {{ return 200 \"tls\"; }}\n}}\n",
+            http = nginx.listen(),
+            snippets = nginx.snippets_dir().display(),
+            live = live.display(),
+        )
+    };
+    let mut env = Env::new(
+        &format!("helper_socket = \"{}\"", helper.socket().display()),
+        r#"commands = [["true"]]
+sites = { "tls.test" = "nginx/tls.conf" }"#,
+    )
+    .await;
+    env.start().await;
+
+    // 1. The conf names a certificate that does not exist: published without its TLS server,
+    //    certified, then published whole, in one run.
+    let c1 = env
+        .repo
+        .commit("a tls site", &[("nginx/tls.conf", &conf("tls.test"))]);
+    env.repo.push();
+    env.enqueue(&c1, "t1");
+    let runs = finished(&env, 1).await;
+    let log = env.log_of(&runs[0]);
+    assert_eq!(
+        runs[0].status,
+        RunStatus::Success,
+        "{log}\n{}\n{}",
+        helper.log(),
+        pebble.log()
+    );
+    assert!(log.contains("does not exist yet"), "{log}");
+    assert!(live.join("fullchain.pem").exists());
+    assert!(
+        std::fs::read_to_string(nginx.sites_dir().join("tls.test.conf"))
+            .unwrap()
+            .contains("ssl_certificate"),
+        "the whole conf is published"
+    );
+    assert_eq!(https_body(tls_port, "tls.test"), "tls");
+    assert!(served_names(tls_port, "tls.test").contains("DNS:tls.test"));
+
+    // 2. A name added to the site: the conf passes as it is (the certificate exists), the
+    //    certificate is reissued with the new name, and nginx serves the new one straight away.
+    let c2 = env.repo.commit(
+        "add www",
+        &[("nginx/tls.conf", &conf("tls.test www.tls.test"))],
+    );
+    env.repo.push();
+    env.enqueue(&c2, "t2");
+    let runs = finished(&env, 2).await;
+    let log = env.log_of(&runs[1]);
+    assert_eq!(
+        runs[1].status,
+        RunStatus::Success,
+        "{log}\n{}",
+        helper.log()
+    );
+    assert!(log.contains("CertificateIssued"), "{log}");
+    assert!(!log.contains("does not exist yet"), "{log}");
+    let served = served_names(tls_port, "www.tls.test");
+    assert!(
+        served.contains("DNS:www.tls.test"),
+        "the renewed certificate is served: {served:?}\n{log}"
+    );
+    assert_eq!(https_body(tls_port, "www.tls.test"), "tls");
+    env.stop().await;
+}

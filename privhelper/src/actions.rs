@@ -187,7 +187,7 @@ fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains)
         let why = format!("domain {d} is not one of site {site}'s policy domains");
         return Response::error(ErrorCode::NotAllowed, why);
     }
-    let cert = policy.certbot.live_dir.join(site.as_str()).join("cert.pem");
+    let cert = policy.certbot.live_dir.join(allowed.cert_name.as_str()).join("cert.pem");
     // Exactly these names: a certificate for more or fewer would be replaced by certbot, so
     // alternating two sets must not pass for "still valid" either (rate limits are below).
     let names: BTreeSet<String> = valid_certificate_names(policy, &cert).into_iter().collect();
@@ -213,7 +213,7 @@ fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains)
         return Response::error(ErrorCode::NotAllowed, why);
     }
     runs.push(Instant::now());
-    let mut extra = vec!["--cert-name".to_string(), site.to_string()];
+    let mut extra = vec!["--cert-name".to_string(), allowed.cert_name.to_string()];
     extra.extend(domains.as_slice().iter().flat_map(|d| ["-d".to_string(), d.to_string()]));
     match command::run(&policy.certbot.command, &extra) {
         Ok(out) => Response::Done {

@@ -81,6 +81,7 @@ pub fn check(policy: &Policy, site: &SiteName, text: &str) -> Result<String, Str
             site,
             domains: s.domains.iter().map(|d| d.as_str()).collect(),
             proxy_ports: &s.proxy_ports,
+            live: [policy.certbot.live_dir.join(s.cert_name.as_str())],
         };
         ctx.block(block, None)?;
         block.splice(0..0, nginx_syntax::parse(INJECTED).map_err(|e| e.to_string())?);
@@ -98,6 +99,8 @@ struct Ctx<'a> {
     site: &'a SiteName,
     domains: Vec<&'a str>,
     proxy_ports: &'a [u16],
+    /// `<live_dir>/<cert_name>`: the only place for `ssl_certificate` and its key.
+    live: [PathBuf; 1],
 }
 
 impl Ctx<'_> {
@@ -141,9 +144,7 @@ impl Ctx<'_> {
                 _ => Err(refuse(d, "only in a location, both ending in \"/\" for a prefix")),
             },
             "include" => self.path_under(d, first, std::slice::from_ref(&p.snippets_dir)),
-            "ssl_certificate" | "ssl_certificate_key" => {
-                self.path_under(d, first, &[p.certbot.live_dir.join(self.site.as_str())])
-            }
+            "ssl_certificate" | "ssl_certificate_key" => self.path_under(d, first, &self.live),
             "access_log" if first == "off" => Ok(()),
             // One fixed file each: nginx -t (as root) creates every log file a conf names.
             "access_log" | "error_log" => {
@@ -344,6 +345,57 @@ mod tests {
             server("").replace("durhack.com", "www.durhack.com durhack.com")
         );
         assert!(check(&p, &site(), &two).is_ok());
+    }
+
+    #[test]
+    fn certificates_and_logs_of_dotted_sites_and_kept_lineages() {
+        let p = Policy::parse(&sample(
+            "[sites.\"api.durhack.com\"]\ndomains = [\"api.durhack.com\"]\n\
+             [sites.auth]\ndomains = [\"auth.durhack.com\"]\ncert_name = \"auth.durhack.com\"\n",
+        ))
+        .unwrap();
+        let conf = |name: &str, body: &str| {
+            format!("server {{ listen 443 ssl; server_name {name}; {body} }}")
+        };
+        let tls = |dir: &str| {
+            format!(
+                "ssl_certificate /etc/letsencrypt/live/{dir}/fullchain.pem; ssl_certificate_key /etc/letsencrypt/live/{dir}/privkey.pem;"
+            )
+        };
+        let api = SiteName::try_from("api.durhack.com").unwrap();
+        let logs = "access_log /var/log/nginx/api.durhack.com.access.log; error_log /var/log/nginx/api.durhack.com.error.log;";
+        assert!(check(&p, &api, &conf("api.durhack.com", &tls("api.durhack.com"))).is_ok());
+        assert!(check(&p, &api, &conf("api.durhack.com", logs)).is_ok());
+        // A kept lineage replaces the site-named one: the old certificate directory is used.
+        let auth = SiteName::try_from("auth").unwrap();
+        assert!(check(&p, &auth, &conf("auth.durhack.com", &tls("auth.durhack.com"))).is_ok());
+        for (site, name, body) in [
+            (&auth, "auth.durhack.com", tls("auth")),
+            (&auth, "auth.durhack.com", tls("durhack")),
+            (&api, "api.durhack.com", tls("api.durhack.com/..")),
+            (&api, "api.durhack.com", tls("api")),
+            (&api, "api.durhack.com", tls("durhack")),
+            (&api, "api.durhack.com", "access_log /var/log/nginx/api.access.log;".into()),
+            (&api, "api.durhack.com", "access_log /var/log/nginx/durhack.com.access.log;".into()),
+        ] {
+            let text = conf(name, &body);
+            assert!(check(&p, site, &text).is_err(), "should be refused:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_documented_acme_challenge_location_is_accepted() {
+        // docs/install.md's inline form, for a webroot listed in allowed_roots; the snippet
+        // form is in accepts_typical_sites.
+        let p = Policy::parse(
+            &sample("")
+                .replace("[\"/srv/durhack\"]", "[\"/srv/durhack\", \"/var/www/letsencrypt\"]"),
+        )
+        .unwrap();
+        let body = "location ^~ /.well-known/acme-challenge/ { root /var/www/letsencrypt; default_type text/plain; }";
+        let written = check(&p, &site(), &server(body));
+        assert!(written.is_ok(), "{written:?}");
+        assert!(check(&policy(), &site(), &server(body)).is_err(), "outside allowed_roots");
     }
 
     #[test]

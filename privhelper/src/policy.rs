@@ -80,14 +80,17 @@ struct RawSite {
     domains: Vec<String>,
     #[serde(default)]
     proxy_ports: Vec<u16>,
+    cert_name: Option<String>,
 }
 
-/// What a site may serve: its domains (each belongs to one site) and the loopback ports its
-/// `proxy_pass` may reach.
+/// What a site may serve: its domains (each belongs to one site), the loopback ports its
+/// `proxy_pass` may reach, and its certificate's lineage (`<live_dir>/<cert_name>/`, certbot's
+/// `--cert-name`; the site's own name unless the policy keeps an older one), one site's alone.
 #[derive(Debug)]
 pub struct Site {
     pub domains: BTreeSet<Domain>,
     pub proxy_ports: Vec<u16>,
+    pub cert_name: SiteName,
 }
 
 /// A command with a fixed argv and its environment (the helper's own is never inherited).
@@ -164,18 +167,20 @@ impl Policy {
                 }
                 domains.insert(d);
             }
-            p.sites.insert(name, Site { domains, proxy_ports: site.proxy_ports });
+            // Validated as a site name: a single directory under live_dir.
+            let cert = site.cert_name.map_or(Ok(name.clone()), SiteName::try_from);
+            let cert_name = cert.map_err(|e| format!("site {name}: cert_name: {e}"))?;
+            if let Some(other) = p.sites.iter().find(|(_, s)| s.cert_name == cert_name) {
+                return Err(format!("cert_name {cert_name} is used by {} and {name}", other.0));
+            }
+            p.sites.insert(name, Site { domains, proxy_ports: site.proxy_ports, cert_name });
         }
-        for root in &mut p.allowed_roots {
-            clean_abs("allowed root", root)?;
-        }
+        p.allowed_roots.iter_mut().try_for_each(|root| clean_abs("allowed root", root))?;
         if p.allowed_roots.iter().any(|r| r == Path::new("/")) {
             return Err("allowed_roots must not contain /".into());
         }
-        if p.listen
-            .iter()
-            .any(|l| l.to_ascii_lowercase().contains("unix:") || l.contains("default"))
-        {
+        let bad = |l: &String| l.to_ascii_lowercase().contains("unix:") || l.contains("default");
+        if p.listen.iter().any(bad) {
             return Err("listen forms may not name unix sockets or default servers".into());
         }
         let c = &mut p.certbot;
@@ -304,6 +309,31 @@ proxy_ports = [3000]
         let mut policy_sites: Vec<String> = p.sites.keys().map(|s| s.to_string()).collect();
         policy_sites.sort();
         assert_eq!(policy_sites, config_sites);
+    }
+
+    #[test]
+    fn dotted_sites_and_certificate_names() {
+        // Sites named after their domain (the Python deployer's names), one keeping an older
+        // certificate lineage; by default the lineage is the site's own name.
+        let p = Policy::parse(&sample(
+            "[sites.\"api.durhack.com\"]\ndomains = [\"api.durhack.com\"]\n\
+             [sites.\"auth.durhack.com\"]\ndomains = [\"auth.durhack.com\"]\ncert_name = \"auth-2024\"\n",
+        ))
+        .unwrap();
+        let cert = |s: &str| p.sites[&SiteName::try_from(s).unwrap()].cert_name.to_string();
+        assert_eq!(cert("api.durhack.com"), "api.durhack.com");
+        assert_eq!(cert("auth.durhack.com"), "auth-2024");
+        assert_eq!(cert("durhack"), "durhack");
+        // A lineage is one directory under live_dir, and one site's alone.
+        for cert_name in ["..", "../etc", "a/b", ".", "x.", "", "durhack"] {
+            let text =
+                sample(&format!("[sites.x]\ndomains = [\"x.com\"]\ncert_name = \"{cert_name}\"\n"));
+            assert!(Policy::parse(&text).is_err(), "cert_name {cert_name:?} should be refused");
+        }
+        for site in ["..", ".x", "x..y", "a/b"] {
+            let text = sample(&format!("[sites.\"{site}\"]\ndomains = [\"x.com\"]\n"));
+            assert!(Policy::parse(&text).is_err(), "site {site:?} should be refused");
+        }
     }
 
     #[test]

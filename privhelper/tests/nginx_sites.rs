@@ -276,3 +276,58 @@ fn reloaded_means_the_new_configuration_answers() {
         );
     }
 }
+
+#[test]
+fn a_dotted_site_writes_its_own_conf_and_logs_and_hostile_names_write_nothing() {
+    let Some(nginx) = Nginx::start() else { return };
+    let spec = PolicySpec::new(&nginx).site("api.demo.test", &["api.demo.test"]);
+    let Some(helper) = PrivHelper::start(&nginx, &spec) else { return };
+    let client = Client::new(helper.socket(), Duration::from_secs(120));
+    let logs = nginx.logs_dir();
+    let conf = format!(
+        "server {{ listen {}; server_name api.demo.test; access_log {}/api.demo.test.access.log; location / {{ return 200 api; }} }}",
+        nginx.listen(),
+        logs.display()
+    );
+    let response = write(&client, "api.demo.test", &conf);
+    assert!(
+        matches!(response, Response::Done { outcome: Outcome::SiteWritten, .. }),
+        "{response:?}"
+    );
+    let listing = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listing(&nginx.sites_dir()), ["api.demo.test.conf"]);
+    reload(&nginx, &client);
+    assert_eq!(nginx.get("api.demo.test", "/"), (200, "api".to_string()));
+    assert!(logs.join("api.demo.test.access.log").exists());
+
+    // Names that could leave conf_dir, or hide a file, never reach the helper's actions: the
+    // frame is refused as it is decoded, and nothing is written anywhere.
+    // Encoded as `Request::WriteSite` is (variant 1, then its two strings), unvalidated.
+    let prefix = listing(nginx.prefix());
+    let raw_write = |name: &str| -> Response {
+        let bytes = protocol::frame::encode(&(1u32, name.to_string(), conf.clone())).unwrap();
+        let mut stream = std::os::unix::net::UnixStream::connect(helper.socket()).unwrap();
+        std::io::Write::write_all(&mut stream, &bytes).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        protocol::frame::read(&mut stream).unwrap()
+    };
+    // The encoding is right: the valid name is understood.
+    let same = raw_write("api.demo.test");
+    assert!(matches!(same, Response::Done { outcome: Outcome::SiteUnchanged, .. }), "{same:?}");
+    for name in ["..", ".", "../escaped", ".hidden", "api.demo.test/../../x", "a..b", "x."] {
+        let answer = raw_write(name);
+        assert!(
+            matches!(answer, Response::Error { code: ErrorCode::Malformed, .. }),
+            "{name:?}: {answer:?}"
+        );
+    }
+    assert_eq!(listing(&nginx.sites_dir()), ["api.demo.test.conf"]);
+    assert_eq!(listing(nginx.prefix()), prefix);
+}

@@ -15,8 +15,10 @@ pub const MAX_DOMAINS: usize = 100;
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024;
 /// Longest domain name (RFC 1035, without the trailing dot).
 pub const MAX_DOMAIN_BYTES: usize = 253;
-/// Longest site name: one DNS label, so a site name can also be used as a host label.
-pub const MAX_SITE_NAME_BYTES: usize = 63;
+/// Longest site name. Sites are often named after their domain (`api.durhack.com`), but the
+/// name also makes file names (`<site>.conf.tmp-<pid>`, `<site>.access.log`), which must stay
+/// under the 255-byte limit of one path component.
+pub const MAX_SITE_NAME_BYTES: usize = 200;
 
 /// Why a value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,7 +85,10 @@ macro_rules! string_newtype {
     };
 }
 
-/// A site: lowercase letters, digits and `-`, 1–63 bytes, not starting with `-`.
+/// A site: dot-separated labels of lowercase letters, digits and `-` (each 1–63 bytes, not
+/// starting with `-`), at most 200 bytes. So `durhack` and `api.durhack.com` are site names, and
+/// none is `.`, `..`, starts or ends with a dot, or holds `/`, NUL or anything else that could
+/// make `<conf_dir>/<site>.conf` or a log file name leave its directory.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode)]
 pub struct SiteName(String);
 
@@ -93,16 +98,24 @@ fn check_site_name(s: &str) -> Result<(), InvalidValue> {
         return bad("empty");
     }
     if s.len() > MAX_SITE_NAME_BYTES {
-        return bad("longer than 63 bytes");
+        return bad("longer than 200 bytes");
     }
-    if s.starts_with('-') {
-        return bad("starts with '-'");
-    }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return bad("only a-z, 0-9 and '-' are allowed");
+    for label in s.split('.') {
+        if label.is_empty() {
+            return bad("empty label (a leading, trailing or doubled '.')");
+        }
+        if label.len() > 63 {
+            return bad("label longer than 63 bytes");
+        }
+        if label.starts_with('-') {
+            return bad("label starts with '-'");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return bad("only a-z, 0-9, '-' and '.' between labels are allowed");
+        }
     }
     Ok(())
 }

@@ -9,13 +9,28 @@ use protocol::{
 
 #[test]
 fn site_names() {
-    for good in ["a", "durhack", "durhack-2025", "0", "a-", &"a".repeat(63)] {
+    let longest = format!("{0}.{0}.{0}.{1}", "a".repeat(63), "b".repeat(8));
+    assert_eq!(longest.len(), protocol::types::MAX_SITE_NAME_BYTES);
+    for good in [
+        "a",
+        "durhack",
+        "durhack-2025",
+        "0",
+        "a-",
+        &"a".repeat(63),
+        // Sites named after their domain, as the Python deployer named them.
+        "api.durhack.com",
+        "admin.auth.durhack.com",
+        "a-.b",
+        &longest,
+    ] {
         assert!(
             SiteName::try_from(good).is_ok(),
             "{good:?} should be accepted"
         );
     }
     let long = "a".repeat(64);
+    let too_long = format!("{longest}b");
     for bad in [
         "",
         "-a",
@@ -30,13 +45,25 @@ fn site_names() {
         "a\"b",
         "a'b",
         "a b",
-        "a.b",
+        ".",
+        "...",
+        ".a",
+        "a.",
+        "a..b",
+        "./a",
+        "a/../b",
+        "../a",
+        "a.-b",
+        "a.b/c",
+        "a.b\0",
+        "api.durhack.com/../../etc",
         "A",
         "durHack",
         "dürhack",
         "a_b",
         "*",
         long.as_str(),
+        too_long.as_str(),
     ] {
         assert!(
             SiteName::try_from(bad).is_err(),
@@ -172,7 +199,8 @@ fn frames_round_trip() {
     }
     // The largest legitimate request fits in a frame.
     let big = Request::WriteSite {
-        site: SiteName::try_from("a".repeat(63)).unwrap(),
+        site: SiteName::try_from(format!("{0}.{0}.{0}.{1}", "a".repeat(63), "b".repeat(8)))
+            .unwrap(),
         config: SiteConfig::try_from("é".repeat(MAX_CONFIG_BYTES / 2)).unwrap(),
     };
     assert!(frame::encode(&big).is_ok());
@@ -298,7 +326,18 @@ fn raw_write_site(site: &str, config: &str) -> Vec<u8> {
 #[test]
 fn decoding_validates() {
     assert!(frame::decode::<Request>(&raw_write_site("ok", "server {}")).is_ok());
-    for (site, config) in [("../etc", "x"), ("", "x"), ("Upper", "x"), ("ok", "a\0b")] {
+    assert!(frame::decode::<Request>(&raw_write_site("api.durhack.com", "server {}")).is_ok());
+    for (site, config) in [
+        ("../etc", "x"),
+        ("", "x"),
+        ("Upper", "x"),
+        ("ok", "a\0b"),
+        ("..", "x"),
+        (".", "x"),
+        (".hidden", "x"),
+        ("a..b", "x"),
+        ("a.b/../c", "x"),
+    ] {
         let err = frame::decode::<Request>(&raw_write_site(site, config)).unwrap_err();
         assert!(
             matches!(err, FrameError::Decode(_)),

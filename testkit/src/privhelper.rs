@@ -127,7 +127,8 @@ impl PolicySpec {
             let _ = writeln!(t, "{} = {}", q(k), q(v));
         }
         for (site, domains) in &self.sites {
-            let _ = writeln!(t, "[sites.{site}]\ndomains = {}", list(domains));
+            // Quoted: a dotted site name is one key, not nested tables.
+            let _ = writeln!(t, "[sites.{}]\ndomains = {}", q(site), list(domains));
             let _ = writeln!(t, "proxy_ports = {:?}", self.proxy_ports);
         }
         t

@@ -12,6 +12,7 @@ mod deploy;
 mod history;
 mod logs;
 mod migrate;
+mod migrate_from_python;
 mod quickstart;
 mod send_test_push;
 mod serve;
@@ -55,6 +56,8 @@ enum Command {
     Quickstart(quickstart::Args),
     /// Sign and send a realistic push webhook to a running instance.
     SendTestPush(send_test_push::Args),
+    /// Print the config and helper policy for the Python deployer's `config/*.toml`.
+    MigrateFromPython(migrate_from_python::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -69,6 +72,7 @@ pub fn main() -> ExitCode {
         Command::Logs(a) => logs::run(a),
         Command::Quickstart(a) => quickstart::run(a),
         Command::SendTestPush(a) => send_test_push::run(a),
+        Command::MigrateFromPython(a) => migrate_from_python::run(a),
     };
     match result {
         Ok(code) => code,
@@ -90,6 +94,7 @@ fn remote_branch_head(deployment: &crate::config::Deployment) -> anyhow::Result<
         .block_on(crate::worker::ls_remote_head(
             &deployment.remote,
             &deployment.branch,
+            deployment.ssh_key_file.as_deref(),
         ))
         .with_context(|| format!("asking {} for {}", deployment.remote, deployment.branch))?
         .with_context(|| {

@@ -37,26 +37,45 @@ impl GitError {
     }
 }
 
-/// The environment every git command runs with: never wait for a password on a terminal.
-fn git_env() -> Vec<(String, String)> {
-    vec![
+/// The environment every git command runs with: never wait for a password on a terminal; with a
+/// deploy key, ssh uses that key alone and learns a new host's key on first use (a changed one
+/// is still refused). Only git gets it: build commands never see the key's path.
+fn git_env(ssh_key: Option<&Path>) -> Vec<(String, String)> {
+    let mut env = vec![
         ("GIT_TERMINAL_PROMPT".into(), "0".into()),
         ("GIT_ASKPASS".into(), "true".into()),
         ("LC_ALL".into(), "C".into()),
-    ]
+    ];
+    if let Some(key) = ssh_key {
+        // git runs this through sh: the path is single-quoted.
+        let quoted = key.to_string_lossy().replace('\'', "'\\''");
+        env.push((
+            "GIT_SSH_COMMAND".into(),
+            format!("ssh -i '{quoted}' -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new"),
+        ));
+    }
+    env
 }
 
 /// A deployment's working tree.
 #[derive(Debug, Clone)]
 pub struct Repo {
     path: PathBuf,
+    ssh_key: Option<PathBuf>,
 }
 
 impl Repo {
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_owned(),
+            ssh_key: None,
         }
+    }
+
+    /// Git reaches the remote with this deploy key (`ssh_key_file`).
+    pub fn with_ssh_key(mut self, key: Option<&Path>) -> Self {
+        self.ssh_key = key.map(Path::to_owned);
+        self
     }
 
     /// Runs a logged git command (clone, fetch, checkout) in `cwd`.
@@ -72,7 +91,7 @@ impl Repo {
             .chain(args.iter().copied())
             .map(str::to_owned)
             .collect();
-        let env = git_env();
+        let env = git_env(self.ssh_key.as_deref());
         process::run(
             Spawn {
                 argv: &argv,
@@ -90,7 +109,7 @@ impl Repo {
     }
 
     async fn query(&self, args: &[&str]) -> Result<Option<String>, GitError> {
-        query(Some(&self.path), args).await
+        query(Some(&self.path), args, self.ssh_key.as_deref()).await
     }
 
     fn is_repo(&self) -> bool {
@@ -295,14 +314,18 @@ pub fn is_commit_id(s: &str) -> bool {
 }
 
 /// Runs a quiet git query; `Ok(None)` when git exits 1 (the usual "no" answer).
-async fn query(cwd: Option<&Path>, args: &[&str]) -> Result<Option<String>, GitError> {
+async fn query(
+    cwd: Option<&Path>,
+    args: &[&str],
+    ssh_key: Option<&Path>,
+) -> Result<Option<String>, GitError> {
     let failed = |stderr: String| GitError::Query {
         args: args.join(" "),
         stderr,
     };
     let mut cmd = tokio::process::Command::new("git");
     cmd.args(args)
-        .envs(git_env())
+        .envs(git_env(ssh_key))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     if let Some(cwd) = cwd {
@@ -322,9 +345,13 @@ async fn query(cwd: Option<&Path>, args: &[&str]) -> Result<Option<String>, GitE
 }
 
 /// The branch head on `remote`, without a working tree (for `deploy` without `--sha`).
-pub async fn ls_remote_head(remote: &str, branch: &str) -> Result<Option<String>, GitError> {
+pub async fn ls_remote_head(
+    remote: &str,
+    branch: &str,
+    ssh_key: Option<&Path>,
+) -> Result<Option<String>, GitError> {
     let r = format!("refs/heads/{branch}");
-    let out = query(None, &["ls-remote", "--", remote, &r])
+    let out = query(None, &["ls-remote", "--", remote, &r], ssh_key)
         .await?
         .unwrap_or_default();
     Ok(out.lines().find_map(|l| {

@@ -196,7 +196,7 @@ impl Worker {
             d.name,
             pending.len()
         ));
-        let repo = Repo::new(&d.path);
+        let repo = Repo::new(&d.path).with_ssh_key(d.ssh_key_file.as_deref());
 
         // Fetch first: coalescing needs the pushed commits' history.
         let mut backoff = Backoff::transient();

@@ -2,7 +2,9 @@
 //!
 //! Sites whose conf changed since the last successful deploy (all of them on the first) are
 //! written, sites dropped from the repository or the config are removed, nginx is reloaded once,
-//! and a certificate is requested for every site (the helper skips valid ones). Diffs are taken
+//! and a certificate is requested for every site (the helper skips valid ones); nginx is reloaded
+//! again if one was issued. A conf naming a certificate that does not exist yet is published in
+//! two steps around its issue (see [`first_certificate`]). Diffs are taken
 //! from the last *successful* deploy, so whatever a failed run left half-done is redone next time.
 
 use std::collections::BTreeSet;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use protocol::client::{Client, ClientError};
 use protocol::nginx_syntax;
-use protocol::{Domain, Domains, Request, Response, SiteConfig, SiteName};
+use protocol::{Domain, Domains, ErrorCode, Outcome, Request, Response, SiteConfig, SiteName};
 
 use super::log::RunLog;
 use super::retry::Backoff;
@@ -65,7 +67,7 @@ impl Helper {
     }
 
     /// One request, retried while the helper is unreachable.
-    async fn call(&self, request: Request, log: &RunLog) -> Result<(), SiteError> {
+    async fn call(&self, request: Request, log: &RunLog) -> Result<Outcome, SiteError> {
         let verb = request.verb();
         let site = request
             .site()
@@ -98,7 +100,7 @@ impl Helper {
                 } else {
                     log.line(&format!("helper {verb}{site}: {outcome}: {detail}"));
                 }
-                Ok(())
+                Ok(outcome)
             }
             Response::Error { code, detail } => {
                 log.line(&format!(
@@ -171,6 +173,89 @@ pub fn domains_of(conf: &str) -> Result<Option<Domains>, String> {
     Domains::try_from(domains)
         .map(Some)
         .map_err(|e| e.to_string())
+}
+
+/// The servers of `conf` that need no certificate: `listen … ssl` and `ssl_*` directives dropped,
+/// and servers left without a `listen` with them. `None` if no server is left, that is, if
+/// nothing of the site could answer an ACME challenge before its certificate exists.
+pub fn http_only(conf: &str) -> Result<Option<String>, String> {
+    let mut directives = nginx_syntax::parse(conf).map_err(|e| e.to_string())?;
+    let is_ssl = |d: &nginx_syntax::Directive| {
+        (d.name == "listen" && d.args.iter().any(|a| a == "ssl")) || d.name.starts_with("ssl_")
+    };
+    for server in directives.iter_mut().filter(|d| d.name == "server") {
+        if let Some(block) = &mut server.block {
+            block.retain(|d| !is_ssl(d));
+        }
+    }
+    directives.retain(|d| {
+        d.name != "server"
+            || d.block
+                .as_ref()
+                .is_some_and(|b| b.iter().any(|l| l.name == "listen"))
+    });
+    Ok(directives
+        .iter()
+        .any(|d| d.name == "server")
+        .then(|| nginx_syntax::render(&directives)))
+}
+
+/// Whether `nginx -t` failed because a certificate or key a conf names does not exist (yet).
+fn missing_certificate(error: &SiteError) -> bool {
+    matches!(error, SiteError::Refused { code: ErrorCode::NginxTestFailed, detail, .. }
+        if detail.contains("cannot load certificate"))
+}
+
+/// A new TLS site's first certificate: its conf cannot pass `nginx -t` before the certificate
+/// exists, and certbot cannot get one before nginx answers the challenge. So: publish the
+/// servers without `ssl`, reload, issue, then publish the whole conf.
+async fn first_certificate(
+    helper: &Helper,
+    site: &SiteName,
+    config: &SiteConfig,
+    log: &RunLog,
+    holder: &impl Holder,
+) -> Result<(), SiteError> {
+    let invalid = |reason: String| SiteError::Invalid {
+        site: site.to_string(),
+        reason,
+    };
+    let no_http = || {
+        invalid(
+            "its certificate does not exist yet, and no server without `ssl` is left to answer the ACME challenge: add a port-80 server that includes the ACME challenge snippet".into(),
+        )
+    };
+    let http = http_only(config.as_str())
+        .map_err(invalid)?
+        .ok_or_else(no_http)?;
+    let domains = domains_of(config.as_str())
+        .map_err(invalid)?
+        .ok_or_else(no_http)?;
+    let http = SiteConfig::try_from(http).map_err(|e| invalid(e.to_string()))?;
+    log.line(&format!(
+        "site {site}: its certificate does not exist yet: publishing its servers without ssl, issuing it, then the whole conf"
+    ));
+    for request in [
+        Request::WriteSite {
+            site: site.clone(),
+            config: http,
+        },
+        Request::ReloadNginx,
+        Request::IssueCertificate {
+            site: site.clone(),
+            domains,
+        },
+        Request::WriteSite {
+            site: site.clone(),
+            config: config.clone(),
+        },
+    ] {
+        if !holder.still_ours().await {
+            return Err(SiteError::Fenced);
+        }
+        helper.call(request, log).await?;
+    }
+    Ok(())
 }
 
 /// Who publishes: asked right before each helper request whether the deployment is still ours.
@@ -253,15 +338,56 @@ pub async fn publish(
         if !holder.still_ours().await {
             return Err(SiteError::Fenced);
         }
-        helper.call(request, log).await?;
+        match helper.call(request.clone(), log).await {
+            Err(e) if missing_certificate(&e) => match &request {
+                Request::WriteSite { site, config } => {
+                    first_certificate(helper, site, config, log, holder).await?
+                }
+                _ => return Err(e),
+            },
+            other => {
+                other?;
+            }
+        }
     }
     // Recorded before certificates: the confs are live now, whatever certbot says.
     write_published(&list, &current)?;
+    let mut issued = false;
     for request in certificates {
         if !holder.still_ours().await {
             return Err(SiteError::Fenced);
         }
-        helper.call(request, log).await?;
+        issued |= helper.call(request, log).await? == Outcome::CertificateIssued;
+    }
+    // nginx reads certificates only when it loads its configuration: a new or renewed one is
+    // served from the next reload.
+    if issued {
+        if !holder.still_ours().await {
+            return Err(SiteError::Fenced);
+        }
+        helper.call(Request::ReloadNginx, log).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::http_only;
+
+    #[test]
+    fn http_only_keeps_what_needs_no_certificate() {
+        let conf = "server { listen 80; server_name a.test; include /s/acme.conf; }
+            server { listen 443 ssl; server_name a.test; ssl_certificate /l/a/f.pem; }
+            server { listen 80; listen [::]:443 ssl; server_name b.test; ssl_certificate_key /l/k.pem; root /w; }";
+        let http = http_only(conf).unwrap().unwrap();
+        assert!(!http.contains("ssl"), "{http}");
+        assert_eq!(http.matches("server {").count(), 2, "{http}");
+        assert!(
+            http.contains("\"/s/acme.conf\"") && http.contains("\"/w\""),
+            "{http}"
+        );
+        let tls_only = "server { listen 443 ssl; server_name a.test; ssl_certificate /l/a/f.pem; }";
+        assert_eq!(http_only(tls_only).unwrap(), None);
+        assert!(http_only("server {").is_err());
+    }
 }
