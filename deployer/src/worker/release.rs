@@ -83,6 +83,10 @@ pub fn is_release_id(id: &str) -> bool {
 pub struct ReleaseInfo {
     pub run: String,
     pub sha: String,
+    /// Completion order: one more than any release before it (run ids started in the same
+    /// second do not sort by time).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// The releases layout of one deployment's `path`.
@@ -144,25 +148,32 @@ impl Releases {
             .filter(|i| i.run == id)
     }
 
-    /// The complete releases, oldest first (run ids sort by start time).
+    /// The complete releases, oldest (first completed) first.
     pub fn complete(&self) -> Vec<ReleaseInfo> {
-        let mut ids: Vec<String> = std::fs::read_dir(self.releases_dir())
+        let mut releases: Vec<ReleaseInfo> = std::fs::read_dir(self.releases_dir())
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().to_str().map(str::to_owned))
             .filter(|n| is_release_id(n))
+            .filter_map(|id| self.info(&id))
             .collect();
-        ids.sort();
-        ids.iter().filter_map(|id| self.info(id)).collect()
+        releases.sort_by(|a, b| (a.seq, &a.run).cmp(&(b.seq, &b.run)));
+        releases
     }
 
-    /// The newest complete release older than `current`: where a rollback goes by default.
+    /// The sequence number the next complete release gets.
+    pub fn next_seq(&self) -> u64 {
+        self.complete().last().map_or(1, |r| r.seq + 1)
+    }
+
+    /// The newest complete release completed before `current`: where a rollback goes by default.
     pub fn previous(&self, current: &str) -> Option<ReleaseInfo> {
+        let current = self.info(current)?;
         self.complete()
             .into_iter()
             .rev()
-            .find(|r| r.run.as_str() < current)
+            .find(|r| (r.seq, &r.run) < (current.seq, &current.run))
     }
 
     /// Removes what a killed run left: releases without a marker (not `current`), markers
@@ -431,6 +442,7 @@ impl Worker {
         let info = ReleaseInfo {
             run: a.id.to_owned(),
             sha: sha.to_owned(),
+            seq: releases.next_seq(),
         };
         releases.mark_complete(&info)?;
         let previous = releases.current();
@@ -576,6 +588,7 @@ mod tests {
         r.mark_complete(&ReleaseInfo {
             run: "a".into(),
             sha: "1".into(),
+            seq: 1,
         })
         .unwrap();
         r.switch("a").unwrap();
