@@ -436,8 +436,13 @@ impl Worker {
             p.req.sha,
             source_of(p)
         ));
-        self.report(sha, run_id, CommitState::Pending, "Deploying")
-            .await;
+        let rollback = p.req.source == ROLLBACK_SOURCE;
+        let doing = if rollback {
+            "Rolling back"
+        } else {
+            "Deploying"
+        };
+        self.report(sha, run_id, CommitState::Pending, doing).await;
 
         let result = self.steps(a, p, sha, deployed).await;
         let finished = now_ms();
@@ -497,7 +502,11 @@ impl Worker {
                     sha,
                     run_id,
                     CommitState::Success,
-                    &format!("Deployed in {secs}s"),
+                    &if rollback {
+                        format!("Rolled back to this commit in {secs}s")
+                    } else {
+                        format!("Deployed in {secs}s")
+                    },
                 )
                 .await;
                 super::check_restart_request(&self.config, log);
