@@ -320,12 +320,13 @@ impl RemoteHead for Remote {
     }
 }
 
-fn rollback(setup: &Setup, to: Option<&str>) -> String {
+/// `durhack-deployer rollback NAME [--to RUN]`: whether it succeeded, and what it printed.
+fn try_rollback(setup: &Setup, name: &str, to: Option<&str>) -> (bool, String) {
     let mut cmd = Command::new(EXE);
     cmd.arg("rollback")
         .arg("--config")
         .arg(&setup.config_path)
-        .arg("app");
+        .arg(name);
     if let Some(to) = to {
         cmd.args(["--to", to]);
     }
@@ -335,7 +336,12 @@ fn rollback(setup: &Setup, to: Option<&str>) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "rollback failed: {text}");
+    (out.status.success(), text)
+}
+
+fn rollback(setup: &Setup, to: Option<&str>) -> String {
+    let (ok, text) = try_rollback(setup, "app", to);
+    assert!(ok, "rollback failed: {text}");
     text
 }
 
@@ -609,4 +615,35 @@ fn sigkill_during_the_switch_leaves_current_at_a_complete_release() {
         );
         d.terminate();
     }
+}
+
+#[test]
+fn rollback_refuses_what_it_cannot_do_and_queues_nothing() {
+    let repo = Remote::new("main");
+    let spec = |name: &str, body: &str| DeploymentSpec {
+        name: name.into(),
+        repository: REPO.into(),
+        branch: "main".into(),
+        remote: repo.url(),
+        body: body.into(),
+    };
+    let setup = Setup::new(
+        "",
+        vec![spec("inplace", ""), spec("fresh", "layout = \"releases\"")],
+    );
+    for (name, to, says) in [
+        ("inplace", None, "builds in place"),
+        ("fresh", None, "has no live release yet"),
+        ("fresh", Some("../../etc"), "must be a run id"),
+        (
+            "fresh",
+            Some("20261203T184516Z-3f9a1c"),
+            "has no kept, complete release",
+        ),
+        ("nope", None, "no deployment `nope`"),
+    ] {
+        let (ok, text) = try_rollback(&setup, name, to);
+        assert!(!ok && text.contains(says), "{name} {to:?}: {text}");
+    }
+    assert!(setup.queued().is_empty(), "{:?}", setup.queued());
 }
