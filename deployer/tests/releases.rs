@@ -299,6 +299,27 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
+        // A build left hanging by a killed daemon (`sleep 600`) that no restarted daemon ended.
+        let pgid_file = self.setup.state_dir().join("process-groups/app.pgid");
+        // Only if the recorded group leader is still the same process (its start time, field
+        // 22 of /proc/<pid>/stat, as recorded): the id may have been reused since.
+        let record = std::fs::read_to_string(pgid_file).unwrap_or_default();
+        let mut fields = record.split_whitespace();
+        if let (Some(Ok(pgid)), Some(start)) = (fields.next().map(str::parse::<i32>), fields.next())
+            && pgid > 1
+            && std::fs::read_to_string(format!("/proc/{pgid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.rsplit_once(')')?.1.to_owned();
+                    rest.split_whitespace().nth(19).map(str::to_owned)
+                })
+                .is_some_and(|now| now == start)
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = std::fs::remove_dir_all(&self.markers);
     }
 }
