@@ -556,6 +556,21 @@ fn sigkill_during_the_build_leaves_current_at_a_complete_release() {
     );
     assert!(rig.releases().info(&half[0]).is_none());
 
+    // What a `git worktree add` killed half-way leaves: the directory and git's entry for it,
+    // locked ("initializing"), which `git worktree prune` alone would keep for good.
+    let stale = "20000101T000000Z-dead00";
+    git(
+        &rig.releases().repo_dir(),
+        &[
+            "worktree",
+            "add",
+            "--lock",
+            "--detach",
+            rig.releases().release_dir(stale).to_str().unwrap(),
+            &v1,
+        ],
+    );
+
     std::fs::remove_file(rig.markers.join("hang")).unwrap();
     let mut d = Daemon::new(&rig.setup);
     d.start();
@@ -573,6 +588,12 @@ fn sigkill_during_the_build_leaves_current_at_a_complete_release() {
         "the incomplete release was removed"
     );
     assert!(!rig.worktrees().contains(&half[0]), "{:?}", rig.worktrees());
+    assert!(!rig.release_dirs().contains(&stale.to_owned()));
+    assert!(
+        !rig.worktrees().contains(&stale.to_owned()),
+        "a locked entry of a worktree that is gone stayed: {:?}",
+        rig.worktrees()
+    );
     d.terminate();
 }
 
