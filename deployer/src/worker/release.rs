@@ -416,6 +416,11 @@ impl Worker {
         let d = &self.deployment;
         let (repo, log) = (a.repo, a.log);
         let releases = Releases::new(&d.path);
+        // Another holder's build in progress is an incomplete release too: only the holder of
+        // the latest fencing token clears them.
+        if !a.still_ours(&self.ledger).await {
+            return Err(StepError::Fenced);
+        }
         releases.clean_incomplete(repo, log).await?;
         let changed = self.changed_since(repo, deployed, sha, log).await?;
         let dir = releases.release_dir(a.id);
