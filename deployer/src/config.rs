@@ -81,7 +81,29 @@ pub struct Deployment {
     pub sites: BTreeMap<String, PathBuf>,
     /// A deploy key for an ssh remote: git (and only git) runs with `GIT_SSH_COMMAND` naming it.
     pub ssh_key_file: Option<PathBuf>,
+    /// Where runs check out and build: in `path` itself, or in a fresh release directory.
+    pub layout: Layout,
+    /// Commands run once the new code is live (after the switch in the releases layout, after
+    /// `commands` in place), in `path/current` or `path`.
+    pub restart: Vec<CommandSpec>,
+    /// Paths under `path/shared` linked into every release (releases layout).
+    pub shared: Vec<PathBuf>,
+    /// Releases kept after a successful switch (releases layout); at least 2.
+    pub keep_releases: usize,
 }
+
+/// How a deployment's code is laid out under its `path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// One working tree at `path`, checked out and built where it is served from.
+    #[default]
+    InPlace,
+    /// `path/releases/<run>` per run, built there; `path/current` is switched to it atomically.
+    Releases,
+}
+
+pub const DEFAULT_KEEP_RELEASES: usize = 5;
+const MAX_KEEP_RELEASES: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandSpec {
@@ -280,6 +302,12 @@ struct RawDeployment {
     #[serde(default)]
     sites: BTreeMap<String, PathBuf>,
     ssh_key_file: Option<PathBuf>,
+    layout: Option<String>,
+    #[serde(default)]
+    restart: Vec<RawCommand>,
+    #[serde(default)]
+    shared: Vec<PathBuf>,
+    keep_releases: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -551,6 +579,28 @@ fn valid_branch(branch: &str) -> bool {
             .all(|b| b > 0x20 && b != 0x7f && !b"~^:?*[\\".contains(&b))
 }
 
+fn parse_commands(key: &str, raw: Vec<RawCommand>) -> Result<Vec<CommandSpec>, ConfigError> {
+    let mut commands = Vec::new();
+    for (i, c) in raw.into_iter().enumerate() {
+        let (argv, timeout) = match c {
+            RawCommand::Argv(argv) => (argv, None),
+            RawCommand::Table(t) => (t.argv, t.timeout),
+        };
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err(invalid(format!("{}[{i}]", key), "an empty command"));
+        }
+        if argv.iter().any(|a| a.contains('\0')) {
+            return Err(invalid(format!("{}[{i}]", key), "contains a NUL byte"));
+        }
+        let timeout = timeout
+            .map(|t| parse_timeout(&t))
+            .transpose()
+            .map_err(|e| invalid(format!("{}[{i}].timeout", key), e))?;
+        commands.push(CommandSpec { argv, timeout });
+    }
+    Ok(commands)
+}
+
 fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, ConfigError> {
     let key = |k: &str| format!("deployments.{name}.{k}");
     if !valid_deployment_name(name) {
@@ -577,30 +627,8 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
     if remote.starts_with('-') || remote.is_empty() {
         return Err(invalid(key("remote"), "is not a git remote"));
     }
-    let mut commands = Vec::new();
-    for (i, c) in raw.commands.into_iter().enumerate() {
-        let (argv, timeout) = match c {
-            RawCommand::Argv(argv) => (argv, None),
-            RawCommand::Table(t) => (t.argv, t.timeout),
-        };
-        if argv.is_empty() || argv[0].is_empty() {
-            return Err(invalid(
-                format!("{}[{i}]", key("commands")),
-                "an empty command",
-            ));
-        }
-        if argv.iter().any(|a| a.contains('\0')) {
-            return Err(invalid(
-                format!("{}[{i}]", key("commands")),
-                "contains a NUL byte",
-            ));
-        }
-        let timeout = timeout
-            .map(|t| parse_timeout(&t))
-            .transpose()
-            .map_err(|e| invalid(format!("{}[{i}].timeout", key("commands")), e))?;
-        commands.push(CommandSpec { argv, timeout });
-    }
+    let commands = parse_commands(&key("commands"), raw.commands)?;
+    let restart = parse_commands(&key("restart"), raw.restart)?;
     for k in raw.env.keys() {
         if k.is_empty() || k.contains(['=', '\0']) || k.starts_with("DEPLOY_") {
             return Err(invalid(
@@ -632,6 +660,45 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
     if raw.ssh_key_file.as_ref().is_some_and(|k| !k.is_absolute()) {
         return Err(invalid(key("ssh_key_file"), "must be an absolute path"));
     }
+    let layout = match raw.layout.as_deref() {
+        None | Some("in-place") => Layout::InPlace,
+        Some("releases") => Layout::Releases,
+        Some(other) => {
+            return Err(invalid(
+                key("layout"),
+                format!("`{other}` is not a layout: \"in-place\" or \"releases\""),
+            ));
+        }
+    };
+    for (i, entry) in raw.shared.iter().enumerate() {
+        let inside = entry.is_relative()
+            && entry.components().next().is_some()
+            && entry
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            return Err(invalid(
+                format!("{}[{i}]", key("shared")),
+                "must be a relative path inside the release, without `..`",
+            ));
+        }
+        if entry.starts_with(".git") {
+            return Err(invalid(
+                format!("{}[{i}]", key("shared")),
+                "cannot share git's own metadata",
+            ));
+        }
+    }
+    let shared = raw.shared;
+    let keep_releases = raw.keep_releases.unwrap_or(DEFAULT_KEEP_RELEASES);
+    if !(2..=MAX_KEEP_RELEASES).contains(&keep_releases) {
+        return Err(invalid(
+            key("keep_releases"),
+            format!(
+                "must be between 2 (the live release and the one before it) and {MAX_KEEP_RELEASES}"
+            ),
+        ));
+    }
     Ok(Deployment {
         name: name.to_owned(),
         repository: raw.repository,
@@ -644,6 +711,10 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
         timeout,
         sites: raw.sites,
         ssh_key_file: raw.ssh_key_file,
+        layout,
+        restart,
+        shared,
+        keep_releases,
     })
 }
 
@@ -764,6 +835,26 @@ enabled = false
             (
                 "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\nssh_key_file = \"keys/a\"",
                 "deployments.a.ssh_key_file",
+            ),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\nlayout = \"blue-green\"",
+                "deployments.a.layout",
+            ),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\nshared = [\"ok\", \"../up\"]",
+                "deployments.a.shared[1]",
+            ),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\nshared = [\"/etc\"]",
+                "deployments.a.shared[0]",
+            ),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\nkeep_releases = 1",
+                "deployments.a.keep_releases",
+            ),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\nrestart = [[]]",
+                "deployments.a.restart[0]",
             ),
             ("lock_ttl = \"1s\"", "lock_ttl"),
             ("lock_ttl = \"1h\"", "lock_ttl"),

@@ -153,3 +153,62 @@ async fn a_failing_github_api_never_fails_the_deploy() {
     env.stop().await;
     assert_eq!(fake.seen.lock().unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_reports_the_rolled_back_commit() {
+    let (mut env, fake, _secrets) =
+        env_with_github("layout = \"releases\"\ncommands = [[\"true\"]]", 201).await;
+    env.start().await;
+    let old = env.repo.commit("old", &[("v", "1")]);
+    env.repo.push();
+    env.enqueue(&old, "d1");
+    env.wait_runs("old deployed", |r| {
+        r.len() == 1 && r[0].status == RunStatus::Success
+    })
+    .await;
+    let new = env.repo.commit("new", &[("v", "2")]);
+    env.repo.push();
+    env.enqueue(&new, "d2");
+    env.wait_runs("new deployed", |r| {
+        r.len() == 2 && r[1].status == RunStatus::Success
+    })
+    .await;
+    let releases = deployer::worker::Releases::new(&env.deploy_path());
+    let live = releases.current().unwrap();
+    let previous = releases.previous(&live).unwrap();
+    assert_eq!(previous.sha, old);
+    env.enqueue_request(serde_json::json!({
+        "deployment": "app",
+        "delivery": "rollback-1",
+        "repository": "test-owner/app",
+        "branch": env.repo.branch(),
+        "sha": old,
+        "before": null,
+        "received_at_ms": 0,
+        "source": "rollback",
+        "release": previous.run,
+    }));
+    let runs = env.wait_idle().await;
+    env.stop().await;
+    let rollback = runs.last().unwrap();
+    assert_eq!(
+        (
+            rollback.source.as_str(),
+            rollback.status,
+            rollback.sha.as_str()
+        ),
+        ("rollback", RunStatus::Success, old.as_str()),
+        "{runs:#?}"
+    );
+    assert_eq!(releases.current(), Some(previous.run));
+    let seen = fake.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 6, "{seen:#?}");
+    check_request(&seen[4], &old, "pending", &rollback.id);
+    check_request(&seen[5], &old, "success", &rollback.id);
+    assert!(
+        seen[5].body["description"]
+            .as_str()
+            .unwrap()
+            .contains("Rolled back")
+    );
+}

@@ -433,3 +433,31 @@ sites = { demo = "nginx/demo.conf" }"#,
     assert_eq!(log.matches("retrying in").count(), 4, "{log}");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_restart_commands_run_after_the_build_in_the_tree_and_not_after_a_failure() {
+    let mut env = Env::new(
+        "",
+        r#"commands = [["sh", "-c", "echo build >> ../steps; test ! -e fail"]]
+restart = [["sh", "-c", "echo \"restart $(pwd -P) $DEPLOY_SHA\" >> ../steps"]]"#,
+    )
+    .await;
+    let good = env.repo.commit("good", &[("index.html", "v1")]);
+    env.repo.push();
+    env.start().await;
+    env.enqueue(&good, "d1");
+    let runs = env.wait_idle().await;
+    assert_eq!(runs[0].status, RunStatus::Success, "{runs:#?}");
+    let bad = env.repo.commit("bad", &[("fail", "x")]);
+    env.repo.push();
+    env.enqueue(&bad, "d2");
+    let runs = env.wait_idle().await;
+    assert_eq!(runs[1].status, RunStatus::Failed, "{runs:#?}");
+    env.stop().await;
+    let steps = std::fs::read_to_string(env.state.path().join("steps")).unwrap();
+    let tree = std::fs::canonicalize(env.deploy_path()).unwrap();
+    assert_eq!(
+        steps,
+        format!("build\nrestart {} {good}\nbuild\n", tree.display())
+    );
+}

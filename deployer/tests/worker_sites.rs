@@ -282,5 +282,75 @@ sites = { "tls.test" = "nginx/tls.conf" }"#,
         "the renewed certificate is served: {served:?}\n{log}"
     );
     assert_eq!(https_body(tls_port, "www.tls.test"), "tls");
+}
+
+/// Releases layout: confs are read from the release that goes live, and a rollback republishes
+/// the older release's confs through the helper, with nothing built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_republishes_the_older_releases_site() {
+    let Some(nginx) = Nginx::start() else {
+        return;
+    };
+    let mut spec = PolicySpec::new(&nginx).site("demo", &["demo.test"]);
+    spec.certbot_argv = vec!["/bin/true".into()];
+    let Some(helper) = PrivHelper::start(&nginx, &spec) else {
+        return;
+    };
+    let builds = tempfile::tempdir().unwrap();
+    let mut env = Env::new(
+        &format!("helper_socket = \"{}\"", helper.socket().display()),
+        &format!(
+            "layout = \"releases\"\ncommands = [[\"sh\", \"-c\", \"echo x >> {}/builds\"]]\n\
+             sites = {{ demo = \"nginx/demo.conf\" }}",
+            builds.path().display()
+        ),
+    )
+    .await;
+    env.start().await;
+    for (i, v) in ["v1", "v2"].into_iter().enumerate() {
+        let c = env.repo.commit(
+            v,
+            &[(
+                "nginx/demo.conf",
+                &conf(&nginx, &format!("return 200 \"{v}\";")),
+            )],
+        );
+        env.repo.push();
+        env.enqueue(&c, v);
+        let runs = finished(&env, i + 1).await;
+        assert_eq!(
+            runs[i].status,
+            RunStatus::Success,
+            "{}\n{}",
+            env.log_of(&runs[i]),
+            helper.log()
+        );
+        wait_for_page(&nginx, (200, v));
+    }
+    let releases = deployer::worker::Releases::new(&env.deploy_path());
+    let previous = releases.previous(&releases.current().unwrap()).unwrap();
+    env.enqueue_request(serde_json::json!({
+        "deployment": "app",
+        "delivery": "rollback-1",
+        "repository": "test-owner/app",
+        "branch": env.repo.branch(),
+        "sha": previous.sha,
+        "before": null,
+        "received_at_ms": 0,
+        "source": "rollback",
+        "release": previous.run,
+    }));
+    let runs = finished(&env, 3).await;
+    assert_eq!(
+        (runs[2].source.as_str(), runs[2].status),
+        ("rollback", RunStatus::Success),
+        "{}\n{}",
+        env.log_of(&runs[2]),
+        helper.log()
+    );
+    wait_for_page(&nginx, (200, "v1"));
+    assert!(env.log_of(&runs[2]).contains("helper write-site for demo"));
+    let built = std::fs::read_to_string(builds.path().join("builds")).unwrap();
+    assert_eq!(built.lines().count(), 2, "the rollback built");
     env.stop().await;
 }

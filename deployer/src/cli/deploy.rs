@@ -60,6 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         received_at_ms: i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
         source: "cli".to_owned(),
         pinned,
+        release: None,
     };
     let queue = Queue::open(deploy_queue_dir(&config, &deployment.name))?;
     let entry = queue.push(&delivery, &serde_json::to_vec(&request)?)?;

@@ -14,6 +14,7 @@ mod logs;
 mod migrate;
 mod migrate_from_python;
 mod quickstart;
+mod rollback;
 mod send_test_push;
 mod serve;
 mod status;
@@ -48,6 +49,8 @@ enum Command {
     History(history::Args),
     /// Queue a deploy of a deployment's branch head or of a given commit.
     Deploy(deploy::Args),
+    /// Switch a releases-layout deployment back to a kept release, without building.
+    Rollback(rollback::Args),
     /// Show each deployment's deployed commit, last run and queue.
     Status(status::Args),
     /// Print (or follow) a run's log.
@@ -68,6 +71,7 @@ pub fn main() -> ExitCode {
         Command::Migrate(a) => migrate::run(a),
         Command::History(a) => history::run(a),
         Command::Deploy(a) => deploy::run(a),
+        Command::Rollback(a) => rollback::run(a),
         Command::Status(a) => status::run(a),
         Command::Logs(a) => logs::run(a),
         Command::Quickstart(a) => quickstart::run(a),

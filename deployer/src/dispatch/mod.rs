@@ -65,6 +65,10 @@ pub struct DeployRequest {
     /// the branch head. Every other request only triggers a deploy of the head.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pinned: bool,
+    /// An operator's `rollback NAME` (source `rollback`): the release (the id of the run that
+    /// built it) to switch `current` back to; `sha` is that release's commit. Nothing is built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
 }
 
 /// The queue directory of deployment `deployment`.
@@ -379,6 +383,7 @@ async fn enqueue(
             received_at_ms: entry.received_at_ms,
             source: "webhook".to_owned(),
             pinned: false,
+            release: None,
         };
         writes.push((
             deploy_queue_dir(config, deployment),

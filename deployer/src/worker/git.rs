@@ -292,6 +292,40 @@ impl Repo {
         Ok(())
     }
 
+    /// Checks `sha` out, detached, into a new linked working tree at `dir` (a release), sharing
+    /// this repository's objects, and checks that its HEAD is that commit.
+    pub async fn worktree_add(
+        &self,
+        dir: &Path,
+        sha: &str,
+        log: &Arc<RunLog>,
+        cancel: &CancellationToken,
+        timeout: Duration,
+    ) -> Result<(), GitError> {
+        let target = dir.to_string_lossy().into_owned();
+        self.logged(
+            &self.path,
+            &["worktree", "add", "--detach", "--", &target, sha],
+            log,
+            cancel,
+            timeout,
+        )
+        .await?;
+        let head = Repo::new(dir).checked_out().await?.unwrap_or_default();
+        if head != sha {
+            return Err(GitError::HeadMismatch {
+                expected: sha.to_owned(),
+                actual: head,
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets linked working trees whose directories are gone.
+    pub async fn worktree_prune(&self) -> Result<(), GitError> {
+        self.query(&["worktree", "prune"]).await.map(|_| ())
+    }
+
     /// Paths changed between two commits.
     pub async fn changed_files(&self, from: &str, to: &str) -> Result<Vec<PathBuf>, GitError> {
         let out = self

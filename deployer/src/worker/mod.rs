@@ -31,6 +31,7 @@ mod git;
 mod log;
 mod process;
 mod record;
+mod release;
 mod retry;
 mod run;
 mod sites;
@@ -44,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::git::{is_commit_id, ls_remote_head};
 pub use self::record::{Run, RunStatus};
+pub use self::release::{ROLLBACK_SOURCE, ReleaseInfo, Releases, is_release_id};
 pub use self::run::new_run_id;
 use self::run::{Disposition, Pending};
 use crate::config::{Config, Deployment};
@@ -471,6 +473,7 @@ impl Worker {
             lock.release().await;
             return true;
         }
+        let fresh = rollback_alone(consumer, fresh);
         let cancel = CancellationToken::new();
         let watcher = tokio::spawn(watch(shutdown.clone(), lock.lost(), cancel.clone()));
         let outcome = self.execute(fresh, &cancel, &fence, &lock).await;
@@ -509,6 +512,21 @@ impl Worker {
         }
         None
     }
+}
+
+/// A rollback runs alone, in arrival order: the entries that came before it run first, and the
+/// ones after it are handed back for the next batch (they deploy forward again).
+fn rollback_alone(consumer: &mut Consumer, mut fresh: Vec<Pending>) -> Vec<Pending> {
+    let is_rollback = |p: &Pending| p.req.source == release::ROLLBACK_SOURCE;
+    let split = match fresh.iter().position(is_rollback) {
+        None => return fresh,
+        Some(0) => 1,
+        Some(i) => i,
+    };
+    for later in fresh.split_off(split) {
+        consumer.release(&later.entry);
+    }
+    fresh
 }
 
 /// Writes `run` (a terminal outcome). `Complete` when it, or an earlier terminal outcome of the

@@ -11,9 +11,11 @@ use super::coalesce::{self, Candidate, Decision};
 use super::git::{GitError, Repo};
 use super::log::RunLog;
 use super::process::{self, ProcessError, Spawn};
+use super::release::{self, ROLLBACK_SOURCE, ReleaseError};
 use super::retry::Backoff;
 use super::sites::{self, SiteError};
 use super::{Run, RunStatus, Worker};
+use crate::config::{CommandSpec, Deployment, Layout};
 use crate::dispatch::DeployRequest;
 use crate::github::CommitState;
 use crate::ledger::Fence;
@@ -39,7 +41,7 @@ pub(super) enum Disposition {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum StepError {
+pub(super) enum StepError {
     #[error("{0}")]
     Git(#[from] GitError),
     #[error("{0}")]
@@ -56,6 +58,8 @@ enum StepError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("the deployment's timeout of {0:?} ran out")]
     OutOfTime(Duration),
+    #[error("{0}")]
+    Release(#[from] ReleaseError),
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -87,18 +91,18 @@ fn one_line(e: &impl std::fmt::Display) -> String {
 }
 
 /// The run in progress once a commit is chosen.
-struct Attempt<'a> {
-    id: &'a str,
-    repo: &'a Repo,
-    log: &'a Arc<RunLog>,
-    started: i64,
+pub(super) struct Attempt<'a> {
+    pub id: &'a str,
+    pub repo: &'a Repo,
+    pub log: &'a Arc<RunLog>,
+    pub started: i64,
     /// The deployment's timeout, counted from the run's start.
-    deadline: Instant,
-    cancel: &'a CancellationToken,
+    pub deadline: Instant,
+    pub cancel: &'a CancellationToken,
     /// Our fencing token for the deployment's lock.
-    fence: &'a Fence,
+    pub fence: &'a Fence,
     /// The deployment's lock.
-    lock: &'a LockGuard,
+    pub lock: &'a LockGuard,
 }
 
 /// [`sites::Holder`] for an attempt.
@@ -114,14 +118,14 @@ impl sites::Holder for Holds<'_, '_> {
 }
 
 impl Attempt<'_> {
-    fn remaining(&self) -> Duration {
+    pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
     /// Is the deployment still ours, asked now: the lock in its store and the latest fencing
     /// token in the ledger? An error counts as no (nothing is published that cannot be
     /// vouched for).
-    async fn still_ours(&self, ledger: &crate::ledger::Ledger) -> bool {
+    pub async fn still_ours(&self, ledger: &crate::ledger::Ledger) -> bool {
         match self.lock.verify().await {
             Ok(true) => {}
             Ok(false) => {
@@ -196,7 +200,31 @@ impl Worker {
             d.name,
             pending.len()
         ));
-        let repo = Repo::new(&d.path).with_ssh_key(d.ssh_key_file.as_deref());
+        let repo = match release::fetch_repo(d) {
+            Ok(repo) => repo,
+            Err(e) => {
+                let error = one_line(&e);
+                log.line(&error);
+                return self.fail_all(&pending, &run_id, Some(&log), &error).await;
+            }
+        };
+        // A rollback comes alone (see `handle_batch`) and needs no fetch: the release is here.
+        if let [p] = pending.as_slice()
+            && p.req.source == ROLLBACK_SOURCE
+        {
+            let attempt = Attempt {
+                id: &run_id,
+                repo: &repo,
+                log: &log,
+                started,
+                deadline,
+                cancel,
+                fence,
+                lock,
+            };
+            let disposition = self.deploy(&attempt, p, &p.req.sha, None).await;
+            return vec![(p.entry.clone(), disposition)];
+        }
 
         // Fetch first: coalescing needs the pushed commits' history.
         let mut backoff = Backoff::transient();
@@ -288,7 +316,7 @@ impl Worker {
         // "Already deployed" needs the working tree to be at that commit too: a failed run
         // leaves the tree at the commit it checked out, which may since have left the branch.
         let deployed_here = match &deployed {
-            Some(sha) => match repo.checked_out().await {
+            Some(sha) => match release::live_commit(d, &repo).await {
                 Ok(Some(tree)) if tree == *sha => Some(sha.clone()),
                 Ok(tree) => {
                     log.line(&format!(
@@ -408,8 +436,13 @@ impl Worker {
             p.req.sha,
             source_of(p)
         ));
-        self.report(sha, run_id, CommitState::Pending, "Deploying")
-            .await;
+        let rollback = p.req.source == ROLLBACK_SOURCE;
+        let doing = if rollback {
+            "Rolling back"
+        } else {
+            "Deploying"
+        };
+        self.report(sha, run_id, CommitState::Pending, doing).await;
 
         let result = self.steps(a, p, sha, deployed).await;
         let finished = now_ms();
@@ -469,7 +502,11 @@ impl Worker {
                     sha,
                     run_id,
                     CommitState::Success,
-                    &format!("Deployed in {secs}s"),
+                    &if rollback {
+                        format!("Rolled back to this commit in {secs}s")
+                    } else {
+                        format!("Deployed in {secs}s")
+                    },
                 )
                 .await;
                 super::check_restart_request(&self.config, log);
@@ -495,18 +532,25 @@ impl Worker {
         sha: &str,
         deployed: Option<&str>,
     ) -> Result<(), StepError> {
-        let (repo, log, cancel) = (a.repo, a.log, a.cancel);
+        if p.req.source == ROLLBACK_SOURCE {
+            return self.rollback_steps(a, p, sha).await;
+        }
         let d = &self.deployment;
+        if d.layout == Layout::Releases {
+            return self.release_steps(a, p, sha, deployed).await;
+        }
+        let (repo, log, cancel) = (a.repo, a.log, a.cancel);
         repo.checkout(sha, log, cancel, a.remaining()).await?;
-        let changed = match deployed {
-            Some(prev) if repo.has_commit(prev).await? => {
-                let files = repo.changed_files(prev, sha).await?;
-                log.line(&format!("{} file(s) changed since {prev}", files.len()));
-                Some(files)
-            }
-            _ => None,
-        };
+        let changed = self.changed_since(repo, deployed, sha, log).await?;
+        let env = self.command_env(p, sha);
+        self.run_commands(a, &d.commands, &d.path, &env).await?;
+        self.run_commands(a, &d.restart, &d.path, &env).await?;
+        self.publish_sites(a, d, changed.as_deref()).await
+    }
 
+    /// The environment of a deployment's commands.
+    pub(super) fn command_env(&self, p: &Pending, sha: &str) -> Vec<(String, String)> {
+        let d = &self.deployment;
         let mut env: Vec<(String, String)> =
             d.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.extend([
@@ -521,8 +565,20 @@ impl Worker {
                     .into_owned(),
             ),
         ]);
+        env
+    }
+
+    /// Runs `specs` in order in `cwd`, each within what is left of the deployment's timeout.
+    pub(super) async fn run_commands(
+        &self,
+        a: &Attempt<'_>,
+        specs: &[CommandSpec],
+        cwd: &std::path::Path,
+        env: &[(String, String)],
+    ) -> Result<(), StepError> {
+        let d = &self.deployment;
         let pgid_file = process::pgid_file(&self.config.state_dir, &d.name);
-        for spec in &d.commands {
+        for spec in specs {
             let left = a.remaining();
             if left.is_zero() {
                 return Err(StepError::OutOfTime(d.timeout));
@@ -531,18 +587,28 @@ impl Worker {
             process::run(
                 Spawn {
                     argv: &spec.argv,
-                    cwd: &d.path,
-                    env: &env,
+                    cwd,
+                    env,
                     timeout,
                     pgid_file: Some(&pgid_file),
                 },
-                log,
-                cancel,
+                a.log,
+                a.cancel,
                 "the deployer is shutting down or lost its lock",
             )
             .await?;
         }
+        Ok(())
+    }
 
+    /// Publishes `d`'s sites, their confs read under `d.path`.
+    pub(super) async fn publish_sites(
+        &self,
+        a: &Attempt<'_>,
+        d: &Deployment,
+        changed: Option<&[PathBuf]>,
+    ) -> Result<(), StepError> {
+        let (log, cancel) = (a.log, a.cancel);
         if !d.sites.is_empty() {
             log.line("publishing nginx sites");
             let Some(lock) = self.locks.acquire(NGINX_LOCK, cancel).await else {
@@ -565,7 +631,7 @@ impl Worker {
                     &self.helper,
                     d,
                     &self.config.state_dir,
-                    changed.as_deref(),
+                    changed,
                     log,
                     &holds,
                 ) => r.map_err(|e| match e {
