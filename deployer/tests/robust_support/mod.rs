@@ -101,7 +101,14 @@ pub struct Setup {
 
 impl Setup {
     /// `top` goes before the tables (database_url, redis_url, helper_socket, ...).
+    /// Reconciliation is off (`reconcile_interval = "0"`) unless `top` sets it: these suites
+    /// count runs and deliveries made by webhooks; `robust_reconcile` tests it.
     pub fn new(top: &str, deployments: Vec<DeploymentSpec>) -> Setup {
+        Setup::with_github(top, "", deployments)
+    }
+
+    /// [`Setup::new`] with `github` appended to the `[github]` table (token_file, api_url).
+    pub fn with_github(top: &str, github: &str, deployments: Vec<DeploymentSpec>) -> Setup {
         let dir = tempfile::Builder::new()
             .prefix("robust-")
             .tempdir()
@@ -114,9 +121,14 @@ impl Setup {
         } else {
             format!("helper_socket = \"{d}/no-helper.sock\"\n")
         };
+        let reconcile = if top.contains("reconcile_interval") {
+            ""
+        } else {
+            "reconcile_interval = \"0\"\n"
+        };
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{d}/state\"\n{helper}{top}\n\
-             [github]\nwebhook_secret_file = \"{d}/secret\"\n"
+            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{d}/state\"\n{helper}{reconcile}{top}\n\
+             [github]\nwebhook_secret_file = \"{d}/secret\"\n{github}\n"
         );
         for s in &deployments {
             let _ = write!(
