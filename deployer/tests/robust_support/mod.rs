@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deployer::config::Config;
-use deployer::ledger::{DeliveryRecord, Ledger};
+use deployer::ledger::{DeliveryRecord, Ledger, ReconcileState, RedeliveryRequest};
 use deployer::queue::Queue;
 use deployer::worker::Run;
 
@@ -197,6 +197,24 @@ impl Setup {
             }
         }
         out
+    }
+
+    /// `durhack-deployer <args> --config <this setup's config>`; panics unless it succeeds, and
+    /// gives its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(EXE)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env_remove(deployer::config::SECRET_ENV)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "durhack-deployer {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Every file in the queue directories, temporaries included.
@@ -563,6 +581,18 @@ impl LedgerView {
     pub fn deployed(&self, deployment: &str) -> Option<String> {
         self.rt
             .block_on(self.ledger.deployed_sha(deployment))
+            .unwrap()
+    }
+
+    pub fn reconcile_state(&self, deployment: &str) -> Option<ReconcileState> {
+        self.rt
+            .block_on(self.ledger.reconcile_state(deployment))
+            .unwrap()
+    }
+
+    pub fn redeliveries(&self) -> Vec<RedeliveryRequest> {
+        self.rt
+            .block_on(self.ledger.redelivery_history(i64::MAX))
             .unwrap()
     }
 }
