@@ -114,7 +114,11 @@ fn pushes_made_while_the_daemon_was_stopped_deploy_the_newest_once_without_a_web
     wait_passes(&ledger, &daemon, "app", 3);
     assert!(settled(&setup, &ledger, "app"));
 
-    assert_eq!(built(marks.path()), vec![newest.clone()], "one build, of the newest");
+    assert_eq!(
+        built(marks.path()),
+        vec![newest.clone()],
+        "one build, of the newest"
+    );
     let runs = ledger.runs("app");
     let done = attempts(&runs);
     assert_eq!(done.len(), 1, "{runs:#?}");
@@ -127,7 +131,11 @@ fn pushes_made_while_the_daemon_was_stopped_deploy_the_newest_once_without_a_web
         "the tree is at the newest push"
     );
     let deliveries = ledger.deliveries();
-    assert_eq!(deliveries.len(), 1, "one reconcile request: {deliveries:#?}");
+    assert_eq!(
+        deliveries.len(),
+        1,
+        "one reconcile request: {deliveries:#?}"
+    );
     assert_eq!(deliveries[0].event, "reconcile");
     assert_eq!(deliveries[0].delivery, format!("reconcile:app:{newest}"));
 
@@ -135,7 +143,11 @@ fn pushes_made_while_the_daemon_was_stopped_deploy_the_newest_once_without_a_web
     // reconcile request.
     let status: Value = serde_json::from_str(&setup.cli(&["status", "--json"])).unwrap();
     let app = &status[0];
-    assert_eq!(app["reconcile"]["remote_head"], newest.as_str(), "{status:#}");
+    assert_eq!(
+        app["reconcile"]["remote_head"],
+        newest.as_str(),
+        "{status:#}"
+    );
     assert_eq!(app["reconcile"]["deployed"], true, "{status:#}");
     assert!(
         app["reconcile"]["checked_at"]
@@ -177,7 +189,10 @@ fn a_webhook_and_a_reconcile_for_the_same_head_give_one_run() {
         || daemon.log(),
     );
     let body = push_payload(REPO, "main", None, &h1);
-    assert_eq!(send_signed(setup.port, "push", "push-h1", &body).unwrap(), 202);
+    assert_eq!(
+        send_signed(setup.port, "push", "push-h1", &body).unwrap(),
+        202
+    );
     wait_for(
         "the webhook of H1 routed",
         || {
@@ -207,7 +222,10 @@ fn a_webhook_and_a_reconcile_for_the_same_head_give_one_run() {
         repo.push()
     };
     let body = push_payload(REPO, "main", Some(&h1), &h2);
-    assert_eq!(send_signed(setup.port, "push", "push-h2", &body).unwrap(), 202);
+    assert_eq!(
+        send_signed(setup.port, "push", "push-h2", &body).unwrap(),
+        202
+    );
     wait_for(
         "the webhook run of H2 to build",
         || (built(marks.path()).len() == 2).then_some(()),
@@ -226,13 +244,26 @@ fn a_webhook_and_a_reconcile_for_the_same_head_give_one_run() {
     wait_passes(&ledger, &daemon, "app", 3);
     assert!(settled(&setup, &ledger, "app"));
 
-    assert_eq!(built(marks.path()), vec![h1.clone(), h2.clone()], "one build per head");
+    assert_eq!(
+        built(marks.path()),
+        vec![h1.clone(), h2.clone()],
+        "one build per head"
+    );
     let runs = ledger.runs("app");
     let done = attempts(&runs);
     assert_eq!(done.len(), 2, "{runs:#?}");
-    assert_eq!((done[0].sha.as_str(), done[0].source.as_str()), (h1.as_str(), "reconcile"));
-    assert_eq!((done[1].sha.as_str(), done[1].source.as_str()), (h2.as_str(), "webhook"));
-    assert!(done.iter().all(|r| r.status == RunStatus::Success), "{runs:#?}");
+    assert_eq!(
+        (done[0].sha.as_str(), done[0].source.as_str()),
+        (h1.as_str(), "reconcile")
+    );
+    assert_eq!(
+        (done[1].sha.as_str(), done[1].source.as_str()),
+        (h2.as_str(), "webhook")
+    );
+    assert!(
+        done.iter().all(|r| r.status == RunStatus::Success),
+        "{runs:#?}"
+    );
     // H1's webhook was judged like any push of a deployed head.
     let late = runs.iter().find(|r| r.delivery == "push-h1").unwrap();
     assert_eq!(late.status, RunStatus::Stale, "{runs:#?}");
@@ -331,7 +362,11 @@ fn a_disabled_deployment_is_never_reconciled() {
 }
 
 const TOKEN: &str = "ghp_reconcile_token_that_must_not_leak";
+/// The hook of `REPO`, learnt from a received delivery's `X-GitHub-Hook-Id` (robust_support
+/// sends 4242).
 const HOOK: u64 = 4242;
+/// The hook of a second repository, set in its deployment's `hook_id`.
+const ZED_HOOK: u64 = 5151;
 
 /// RFC 3339, `hours` ago.
 fn ago(hours: i64) -> String {
@@ -341,8 +376,7 @@ fn ago(hours: i64) -> String {
 }
 
 #[test]
-fn failed_deliveries_missing_from_the_ledger_are_redelivered_once_and_a_rate_limit_ends_the_pass()
-{
+fn failed_deliveries_missing_from_the_ledger_are_redelivered_once_and_a_rate_limit_ends_the_pass() {
     let fake = FakeGithub::start();
     // Newest first, as GitHub lists them. Page 2 ends with a delivery older than the window,
     // so page 3 must never be read.
@@ -361,6 +395,10 @@ fn failed_deliveries_missing_from_the_ledger_are_redelivered_once_and_a_rate_lim
             vec![delivery(106, "guid-f-beyond", 502, &ago(24 * 6))],
         ],
     );
+    fake.serve_deliveries(
+        ZED_HOOK,
+        vec![vec![delivery(201, "guid-zed-failed", 500, &ago(1))]],
+    );
     fake.rate_limit_page(Some(2));
     let marks = tempfile::tempdir().unwrap();
     std::fs::write(marks.path().join("token"), format!("{TOKEN}\n")).unwrap();
@@ -370,10 +408,14 @@ fn failed_deliveries_missing_from_the_ledger_are_redelivered_once_and_a_rate_lim
         fake.url
     );
     let repo = Remote::new("main");
+    let zed_repo = Remote::new("main");
+    // Repositories are visited in name order: REPO, then the zed one.
+    let mut zed = spec("zed", &zed_repo, &format!("hook_id = {ZED_HOOK}"));
+    zed.repository = "robust/reconcile-zed".into();
     let setup = Setup::with_github(
         INTERVAL,
         &github,
-        vec![spec("app", &repo, &recording(marks.path()))],
+        vec![spec("app", &repo, &recording(marks.path())), zed],
     );
     let mut daemon = Daemon::new(&setup);
     daemon.start();
@@ -386,9 +428,20 @@ fn failed_deliveries_missing_from_the_ledger_are_redelivered_once_and_a_rate_lim
             .collect()
     };
 
-    // Until a delivery tells the hook id (none configured), nothing is asked.
+    // The configured hook is asked about from the first pass; REPO's hook only once a
+    // delivery told its id.
+    wait_for(
+        "the configured hook's failed delivery redelivered",
+        || fake.redelivery_requests().contains(&201).then_some(()),
+        || format!("{:?}\n{}", hook_requests(), daemon.log()),
+    );
     wait_passes(&ledger, &daemon, "app", 2);
-    assert!(hook_requests().is_empty(), "{:?}", hook_requests());
+    let log = hook_requests();
+    assert!(
+        log.iter()
+            .all(|r| r.starts_with("GET 5151 page 1") || r == "POST 5151 attempts 201"),
+        "{log:?}"
+    );
 
     // Delivery D reaches us (on an unwatched branch: recorded, nothing deployed), with the
     // hook id in its X-GitHub-Hook-Id header.
@@ -398,29 +451,35 @@ fn failed_deliveries_missing_from_the_ledger_are_redelivered_once_and_a_rate_lim
         202
     );
 
-    // First pass with the hook id: page 1 asks for A, page 2 is rate-limited, the pass stops.
-    let rate_limited = || hook_requests().iter().filter(|r| *r == "GET page 2").count();
+    // First pass with REPO's hook: page 1 asks for A, page 2 is rate-limited and the whole
+    // pass stops (the zed hook is not asked in it); the next pass starts at REPO's page 1.
+    let limited = "GET 4242 page 2 (403)";
     wait_for(
         "a rate-limited page 2, then the next pass",
         || {
             let log = hook_requests();
-            let first_403 = log.iter().position(|r| r == "GET page 2")?;
-            (log.len() > first_403 + 1).then_some(())
+            let first = log.iter().position(|r| r == limited)?;
+            (log.len() > first + 1).then_some(())
         },
         || format!("{:?}\n{}", hook_requests(), daemon.log()),
     );
     let log = hook_requests();
-    assert_eq!(log[..3], ["GET page 1", "POST attempts 101", "GET page 2"], "{log:?}");
+    let start = log.iter().position(|r| r == "GET 4242 page 1").unwrap();
+    assert_eq!(
+        log[start..start + 3],
+        ["GET 4242 page 1", "POST 4242 attempts 101", limited],
+        "{log:?}"
+    );
     for (i, r) in log.iter().enumerate() {
-        if r == "GET page 2" {
-            // Nothing more in that pass: the next request starts a new pass at page 1.
-            assert!(
-                log.get(i + 1).is_none_or(|next| next == "GET page 1"),
+        // (The log may end right after a rate limit: nothing more has come yet.)
+        if r == limited && i + 1 < log.len() {
+            assert_eq!(
+                log[i + 1],
+                "GET 4242 page 1",
                 "a request after the rate limit in the same pass: {log:?}"
             );
         }
     }
-    assert!(rate_limited() >= 1);
 
     // The limit lifts: B is asked for, and nothing else, ever again.
     fake.rate_limit_page(None);
@@ -429,32 +488,45 @@ fn failed_deliveries_missing_from_the_ledger_are_redelivered_once_and_a_rate_lim
         || fake.redelivery_requests().contains(&104).then_some(()),
         || format!("{:?}\n{}", hook_requests(), daemon.log()),
     );
-    let pages_read = |log: &[String]| log.iter().filter(|r| *r == "GET page 1").count();
-    let before = pages_read(&hook_requests());
+    let passes = |log: &[String]| log.iter().filter(|r| *r == "GET 4242 page 1").count();
+    let before = passes(&hook_requests());
     wait_for(
         "three more passes",
-        || (pages_read(&hook_requests()) >= before + 3).then_some(()),
+        || (passes(&hook_requests()) >= before + 3).then_some(()),
         || format!("{:?}\n{}", hook_requests(), daemon.log()),
     );
     let log = hook_requests();
-    assert_eq!(fake.redelivery_requests(), vec![101, 104], "{log:?}");
-    assert!(!log.iter().any(|r| r == "GET page 3"), "beyond the window: {log:?}");
+    assert_eq!(fake.redelivery_requests(), vec![201, 101, 104], "{log:?}");
+    assert!(
+        !log.iter().any(|r| r.starts_with("GET 4242 page 3")),
+        "beyond the window: {log:?}"
+    );
     assert!(
         fake.log()
             .iter()
             .all(|l| l.authorization == format!("Bearer {TOKEN}")),
         "every request carries the token"
     );
-    assert!(!daemon.full_log().contains(TOKEN), "the token is never logged");
+    assert!(
+        !daemon.full_log().contains(TOKEN),
+        "the token is never logged"
+    );
 
     let asked = ledger.redeliveries();
     let mut guids: Vec<&str> = asked.iter().map(|r| r.guid.as_str()).collect();
     guids.sort_unstable();
-    assert_eq!(guids, ["guid-a-failed", "guid-b-failed"], "{asked:#?}");
-    assert!(asked.iter().all(|r| r.status_code == Some(202) && r.hook_id == "4242"));
+    assert_eq!(
+        guids,
+        ["guid-a-failed", "guid-b-failed", "guid-zed-failed"],
+        "{asked:#?}"
+    );
+    assert!(
+        asked.iter().all(|r| r.status_code == Some(202)),
+        "{asked:#?}"
+    );
     let history: Value =
         serde_json::from_str(&setup.cli(&["history", "--redeliveries", "--json"])).unwrap();
-    assert_eq!(history.as_array().unwrap().len(), 2, "{history:#}");
+    assert_eq!(history.as_array().unwrap().len(), 3, "{history:#}");
     let table = setup.cli(&["history", "--redeliveries"]);
     assert!(
         table.contains("guid-a-failed") && table.contains("asked (HTTP 202)"),

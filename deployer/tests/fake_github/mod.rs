@@ -37,21 +37,30 @@ pub struct Logged {
     /// Path and query.
     pub target: String,
     pub authorization: String,
+    /// The HTTP status answered.
+    pub answer: u16,
 }
 
 impl Logged {
-    /// `GET deliveries page N` (1-based) or `POST attempts ID`, for readable assertions.
+    /// `GET <hook> page <n>` (1-based; ` (403)` appended when rate-limited) or
+    /// `POST <hook> attempts <id>`, for readable assertions.
     pub fn short(&self) -> String {
+        let hook = self
+            .target
+            .split_once("/hooks/")
+            .and_then(|(_, rest)| rest.split('/').next())
+            .unwrap_or("?");
         if self.method == "POST" && self.target.ends_with("/attempts") {
             let id = self.target.rsplit('/').nth(1).unwrap_or_default();
-            return format!("POST attempts {id}");
+            return format!("POST {hook} attempts {id}");
         }
         if self.method == "GET" && self.target.contains("/deliveries") {
             let page = self
                 .target
                 .split_once("cursor=p")
                 .map_or("1", |(_, n)| n.split('&').next().unwrap_or("?"));
-            return format!("GET page {page}");
+            let limited = if self.answer == 403 { " (403)" } else { "" };
+            return format!("GET {hook} page {page}{limited}");
         }
         format!("{} {}", self.method, self.target)
     }
@@ -193,7 +202,7 @@ pub fn delivery(id: i64, guid: &str, status_code: u16, delivered_at: &str) -> Va
     })
 }
 
-fn log(shared: &Shared, method: &str, target: String, headers: &HeaderMap) {
+fn log(shared: &Shared, method: &str, target: String, headers: &HeaderMap, answer: u16) {
     let authorization = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -203,6 +212,7 @@ fn log(shared: &Shared, method: &str, target: String, headers: &HeaderMap) {
         method: method.to_owned(),
         target,
         authorization,
+        answer,
     });
 }
 
@@ -219,11 +229,13 @@ async fn statuses(
             .unwrap_or_default()
             .to_owned()
     };
+    let answer = shared.0.lock().unwrap().status_answer;
     log(
         &shared,
         "POST",
         format!("/repos/{owner}/{repo}/statuses/{sha}"),
         &headers,
+        answer,
     );
     let mut inner = shared.0.lock().unwrap();
     inner.statuses.push(Seen {
@@ -249,14 +261,26 @@ async fn deliveries(
     if !params.is_empty() {
         target = format!("{target}?{}", params.join("&"));
     }
-    log(&shared, "GET", target, &headers);
     let page: usize = query
         .get("cursor")
         .and_then(|c| c.strip_prefix('p'))
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
+    let (limited, known) = {
+        let inner = shared.0.lock().unwrap();
+        (
+            inner.rate_limited_page == Some(page),
+            inner.deliveries.contains_key(&hook_id),
+        )
+    };
+    let answer = match (limited, known) {
+        (true, _) => 403,
+        (false, false) => 404,
+        (false, true) => 200,
+    };
+    log(&shared, "GET", target, &headers, answer);
     let inner = shared.0.lock().unwrap();
-    if inner.rate_limited_page == Some(page) {
+    if limited {
         return (
             StatusCode::FORBIDDEN,
             [
@@ -297,6 +321,7 @@ async fn attempts(
         "POST",
         format!("/repos/{owner}/{repo}/hooks/{hook_id}/deliveries/{id}/attempts"),
         &headers,
+        202,
     );
     StatusCode::ACCEPTED
 }
