@@ -271,6 +271,97 @@ fn a_webhook_and_a_reconcile_for_the_same_head_give_one_run() {
 }
 
 #[test]
+fn two_daemons_reconciling_one_state_queue_the_head_once() {
+    let marks = tempfile::tempdir().unwrap();
+    let repo = Remote::new("main");
+    let setup = Setup::new(INTERVAL, vec![spec("app", &repo, &recording(marks.path()))]);
+    repo.commit("one", &[("v", "1")]);
+    let head = repo.push();
+    let (mut a, mut b) = robust_support::two_daemons(&setup);
+    a.start();
+    b.start();
+    let ledger = LedgerView::open(&setup.config().effective_database_url());
+    wait_for(
+        "the head deployed",
+        || (ledger.deployed("app").as_deref() == Some(head.as_str())).then_some(()),
+        || format!("{}\n{}", a.log(), b.log()),
+    );
+    wait_passes(&ledger, &a, "app", 4);
+    assert!(settled(&setup, &ledger, "app"));
+    assert_eq!(built(marks.path()), vec![head.clone()]);
+    let requests: Vec<_> = ledger
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.event == "reconcile")
+        .collect();
+    assert_eq!(requests.len(), 1, "one claim, one entry: {requests:#?}");
+    let runs = ledger.runs("app");
+    assert_eq!(runs.len(), 1, "one entry, one run row: {runs:#?}");
+}
+
+/// The claim `reconcile:<deployment>:<sha>` decides, not timing: an entry claimed by another
+/// loop that never wrote it (it died in between) is written under the claimed name, once; a
+/// claimed entry that already ran is not queued again. (The real pass, git and ledger; no
+/// worker, so what is queued stays visible.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconcile_claim_decides_which_entry_carries_a_head() {
+    let marks = tempfile::tempdir().unwrap();
+    let repo = Remote::new("main");
+    let setup = Setup::new(INTERVAL, vec![spec("app", &repo, &recording(marks.path()))]);
+    repo.commit("one", &[("v", "1")]);
+    let head = repo.push();
+    let config = setup.config();
+    std::fs::create_dir_all(setup.state_dir()).unwrap();
+    let ledger = deployer::ledger::Ledger::open(&config.effective_database_url())
+        .await
+        .unwrap();
+    let queue = setup.deploy_queue("app");
+    let key = deployer::reconcile::claim_key("app", &head);
+    let theirs = deployer::queue::fresh_entry_name(&format!("reconcile-{head}"));
+    ledger.claim_delivery(&key, &theirs, 1).await.unwrap();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (one, two) = tokio::join!(
+        deployer::reconcile::pass(&config, &ledger, &stop),
+        deployer::reconcile::pass(&config, &ledger, &stop)
+    );
+    let _ = (one, two);
+    assert_eq!(
+        queue.list().unwrap(),
+        vec![theirs.clone()],
+        "written under the claimed name"
+    );
+    let state = ledger.reconcile_state("app").await.unwrap().unwrap();
+    assert!(
+        matches!(state.action.as_str(), "queued" | "busy"),
+        "{state:#?}"
+    );
+
+    // Once that entry ran (here: recorded superseded, as a coalesced run would), the head is
+    // not queued again.
+    queue.remove(&theirs).unwrap();
+    let now = deployer::dispatch::now_ms();
+    let run = Run {
+        id: deployer::worker::new_run_id(),
+        deployment: "app".into(),
+        delivery: key.clone(),
+        sha: head.clone(),
+        source: "reconcile".into(),
+        status: RunStatus::Superseded,
+        started_at: now,
+        finished_at: Some(now),
+        log_path: None,
+        error: Some("superseded".into()),
+        entry: Some(theirs.clone()),
+    };
+    ledger.insert_run(&run).await.unwrap();
+    deployer::reconcile::pass(&config, &ledger, &stop).await;
+    assert!(queue.list().unwrap().is_empty());
+    let state = ledger.reconcile_state("app").await.unwrap().unwrap();
+    assert_eq!(state.action, "claimed", "{state:#?}");
+}
+
+#[test]
 fn a_failing_head_is_not_rebuilt_in_a_loop() {
     let marks = tempfile::tempdir().unwrap();
     let repo = Remote::new("main");
