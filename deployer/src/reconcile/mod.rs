@@ -213,7 +213,7 @@ async fn reconcile_one(
     }
     let action = enqueue(ledger, &queue, d, &head, deployed.as_deref())
         .await
-        .map_err(|e| fail(e))?;
+        .map_err(fail)?;
     let note = match action {
         Action::Queued => {
             tracing::info!(deployment = %d.name, %head, deployed = ?deployed, "remote head not deployed: queued a deploy");
