@@ -236,6 +236,18 @@ async fn reconcile_and_redelivery(l: &Ledger) {
         l.claim_redelivery(&request).await.unwrap(),
         "released: asked again"
     );
+    // Claimed at 5 and never answered: released only by a sweep for claims before a later time.
+    assert_eq!(l.release_unanswered_redeliveries(5).await.unwrap(), 0);
+    assert_eq!(l.release_unanswered_redeliveries(6).await.unwrap(), 1);
+    assert!(l.claim_redelivery(&request).await.unwrap());
+    l.finish_redelivery("guid-new", Some(202), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        l.release_unanswered_redeliveries(i64::MAX).await.unwrap(),
+        0,
+        "an answered request stays"
+    );
 
     assert!(!l.sha_attempted("app", &"b".repeat(40)).await.unwrap());
     let mut r = run("r1", "app", "d1", RunStatus::Stale, 10);

@@ -242,6 +242,24 @@ mod tests {
     }
 
     #[test]
+    fn the_token_follows_only_links_under_the_configured_api() {
+        let client = DeliveriesClient {
+            http: reqwest::Client::new(),
+            api_url: "http://127.0.0.1:1234".into(),
+            token: Secret::new("t"),
+        };
+        assert!(client.is_ours("http://127.0.0.1:1234/repos/o/r/hooks/1/deliveries?cursor=x"));
+        for elsewhere in [
+            "http://127.0.0.1:12345/repos/o/r/hooks/1/deliveries",
+            "http://127.0.0.1:1234@evil.example/repos",
+            "https://evil.example/http://127.0.0.1:1234/",
+            "http://127.0.0.1:1234",
+        ] {
+            assert!(!client.is_ours(elsewhere), "{elsewhere}");
+        }
+    }
+
+    #[test]
     fn rate_limits_are_told_from_refusals() {
         assert_eq!(
             rate_limit(403, &headers(&[("x-ratelimit-remaining", "0")])),

@@ -177,6 +177,18 @@ impl Ledger {
         Ok(())
     }
 
+    /// Releases the claims made before `before` that have no answer recorded; how many.
+    pub async fn release_unanswered_redeliveries(&self, before: i64) -> Result<u64, LedgerError> {
+        let done = sqlx::query(
+            "DELETE FROM redelivery_requests WHERE status_code IS NULL AND error IS NULL \
+             AND requested_at < $1",
+        )
+        .bind(before)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// The latest `limit` redelivery requests, newest first.
     pub async fn redelivery_history(
         &self,

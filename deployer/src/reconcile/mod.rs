@@ -116,7 +116,12 @@ async fn reconcile_loop(
 ) {
     tracing::info!(?interval, "reconciling with the remote branch heads");
     loop {
-        pass(config, ledger, shutdown).await;
+        // Shutdown does not wait for a slow remote: the pass is dropped (its `git ls-remote` is
+        // killed). A claim left without its entry is written at a later pass (see `enqueue`).
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = pass(config, ledger, shutdown) => {}
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(interval) => {}

@@ -27,6 +27,9 @@ pub const WINDOW: Duration = Duration::from_secs(3 * 86400);
 /// Pages read per repository and pass.
 pub const MAX_PAGES: usize = 10;
 const PER_PAGE: u32 = 100;
+/// A claimed request with no answer recorded after this was abandoned (each request gives up
+/// after 10 s).
+const ABANDONED_AFTER: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedeliverError {
@@ -83,7 +86,12 @@ impl Redeliverer {
         loop {
             if self.paused_until.is_none_or(|t| Instant::now() >= t) {
                 self.paused_until = None;
-                self.pass(&shutdown).await;
+                // Shutdown does not wait for GitHub: a request claimed but never answered is
+                // released by a later pass (see `release_abandoned`).
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = self.pass(&shutdown) => {}
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -94,6 +102,7 @@ impl Redeliverer {
 
     /// One pass over every repository; stops at the first rate limit.
     pub async fn pass(&mut self, shutdown: &CancellationToken) -> PassEnd {
+        self.release_abandoned().await;
         let repositories: Vec<(String, Option<u64>)> = self
             .repositories
             .iter()
@@ -142,6 +151,21 @@ impl Redeliverer {
             }
         }
         PassEnd::Done
+    }
+
+    /// Releases claims whose request never got an answer recorded (the process stopped or died
+    /// between claim and answer), long after any request could still be in flight, so that they
+    /// are asked again.
+    async fn release_abandoned(&self) {
+        let before = now_ms() - i64::try_from(ABANDONED_AFTER.as_millis()).unwrap_or(i64::MAX);
+        match self.ledger.release_unanswered_redeliveries(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                requests = n,
+                "released redelivery requests that never got an answer"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot release unanswered redelivery requests"),
+        }
     }
 
     /// Lists `repository`'s recent deliveries and redelivers the failed ones we never had;
