@@ -256,9 +256,12 @@ fn a_webhook_and_a_reconcile_for_the_same_head_give_one_run() {
         (done[0].sha.as_str(), done[0].source.as_str()),
         (h1.as_str(), "reconcile")
     );
-    assert_eq!(
-        (done[1].sha.as_str(), done[1].source.as_str()),
-        (h2.as_str(), "webhook")
+    assert_eq!(done[1].sha, h2);
+    // Almost always the webhook's; a pass that falls between the push and its webhook queues
+    // H2 itself, and the webhook then joins that run: one run either way.
+    assert!(
+        matches!(done[1].source.as_str(), "webhook" | "reconcile"),
+        "{runs:#?}"
     );
     assert!(
         done.iter().all(|r| r.status == RunStatus::Success),
