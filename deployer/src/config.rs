@@ -52,6 +52,9 @@ pub struct Config {
     pub lock_ttl: Duration,
     pub github: GithubConfig,
     pub deployments: BTreeMap<String, Deployment>,
+    /// How often the remote branch heads are compared with what is deployed (and, with a
+    /// token, failed deliveries are redelivered); `None` (`reconcile_interval = "0"`) disables it.
+    pub reconcile_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +93,9 @@ pub struct Deployment {
     pub shared: Vec<PathBuf>,
     /// Releases kept after a successful switch (releases layout); at least 2.
     pub keep_releases: usize,
+    /// The repository webhook's id, for redelivery; `None` means the `X-GitHub-Hook-ID` of the
+    /// repository's latest received delivery.
+    pub hook_id: Option<u64>,
 }
 
 /// How a deployment's code is laid out under its `path`.
@@ -203,6 +209,9 @@ pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
 const MIN_LOCK_TTL: Duration = Duration::from_secs(3);
 const MAX_LOCK_TTL: Duration = Duration::from_secs(600);
 
+/// The default `reconcile_interval`.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
 /// [`parse_duration`], refusing anything longer than [`MAX_TIMEOUT`].
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
@@ -271,6 +280,7 @@ struct RawConfig {
     github: Option<RawGithub>,
     #[serde(default)]
     deployments: BTreeMap<String, RawDeployment>,
+    reconcile_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -308,6 +318,7 @@ struct RawDeployment {
     #[serde(default)]
     shared: Vec<PathBuf>,
     keep_releases: Option<usize>,
+    hook_id: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -428,6 +439,17 @@ impl Config {
                 ));
             }
         }
+        let reconcile_interval = match raw.reconcile_interval.as_deref().map(str::trim) {
+            None => Some(DEFAULT_RECONCILE_INTERVAL),
+            Some("0") => None,
+            Some(t) => {
+                let interval = parse_duration(t).map_err(|e| invalid("reconcile_interval", e))?;
+                if interval > MAX_TIMEOUT {
+                    return Err(invalid("reconcile_interval", "must be at most 7d"));
+                }
+                Some(interval)
+            }
+        };
         Ok(Self {
             listen,
             state_dir,
@@ -440,6 +462,7 @@ impl Config {
             lock_ttl,
             github,
             deployments,
+            reconcile_interval,
         })
     }
 
@@ -715,6 +738,7 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
         restart,
         shared,
         keep_releases,
+        hook_id: raw.hook_id,
     })
 }
 
@@ -787,6 +811,8 @@ enabled = false
         assert_eq!(d.commands[1].timeout, Some(Duration::from_secs(300)));
         assert_eq!(d.timeout, Duration::from_secs(1200));
         assert_eq!(c.enabled_deployments().count(), 1);
+        assert_eq!(c.reconcile_interval, Some(DEFAULT_RECONCILE_INTERVAL));
+        assert_eq!(d.hook_id, None);
         assert!(c.github.allowed_networks[0].contains("140.82.115.9".parse().unwrap()));
         assert!(!c.github.allowed_networks[0].contains("140.82.128.1".parse().unwrap()));
         assert!(c.github.allowed_networks[0].contains("::ffff:140.82.112.1".parse().unwrap()));
@@ -857,6 +883,12 @@ enabled = false
                 "deployments.a.restart[0]",
             ),
             ("lock_ttl = \"1s\"", "lock_ttl"),
+            ("reconcile_interval = \"soon\"", "reconcile_interval"),
+            ("reconcile_interval = \"8d\"", "reconcile_interval"),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\nhook_id = \"x\"",
+                "hook_id",
+            ),
             ("lock_ttl = \"1h\"", "lock_ttl"),
             (
                 "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\ntimeout = \"8d\"",
@@ -867,6 +899,14 @@ enabled = false
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?}: {err:?} should name {key}");
         }
+    }
+
+    #[test]
+    fn reconcile_interval_zero_disables_it() {
+        let c = parse("reconcile_interval = \"0\"").unwrap();
+        assert_eq!(c.reconcile_interval, None);
+        let c = parse("reconcile_interval = \"90s\"").unwrap();
+        assert_eq!(c.reconcile_interval, Some(Duration::from_secs(90)));
     }
 
     #[test]

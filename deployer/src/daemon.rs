@@ -72,7 +72,7 @@ pub async fn run_with_ready(
     ));
     let workers = match crate::worker::start_supervised(
         Arc::clone(&config),
-        ledger,
+        ledger.clone(),
         shutdown.clone(),
         health,
     )
@@ -89,6 +89,13 @@ pub async fn run_with_ready(
     };
     state.mark_started();
     tracing::info!("started");
+    // Reconciliation only queues deploys and asks GitHub for redeliveries: it stops with the
+    // workers' shutdown token and nothing waits for it.
+    let reconcile = tokio::spawn(crate::reconcile::run(
+        Arc::clone(&config),
+        ledger,
+        shutdown.clone(),
+    ));
 
     let (mut server, mut dispatcher) = (Some(server), Some(dispatcher));
     // The dispatcher and the workers are restarted by their supervisors; the HTTP server
@@ -120,6 +127,7 @@ pub async fn run_with_ready(
         let _ = dispatcher.await;
     }
     shutdown.cancel();
+    let _ = reconcile.await;
     workers.wait().await;
     tracing::info!("stopped");
     match failure {

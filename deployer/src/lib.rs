@@ -10,6 +10,8 @@
 //! - [`worker`]: one worker per deployment: coalescing, git, commands, sites, reporting;
 //! - [`lock`]: Redis-protocol and local locks;
 //! - [`github`]: commit statuses;
+//! - [`reconcile`]: compares remote branch heads with what is deployed, and asks GitHub to
+//!   redeliver failed deliveries;
 //! - [`health`]: which supervised components are down, for `GET /`;
 //! - [`daemon`]: `run(config, shutdown)`, which starts all of the above;
 //! - [`cli`]: the command-line interface.
@@ -24,6 +26,7 @@ pub mod http;
 pub mod ledger;
 pub mod lock;
 pub mod queue;
+pub mod reconcile;
 pub mod worker;
 
 pub use daemon::run;

@@ -80,6 +80,7 @@ impl Site {
 listen = "127.0.0.1:0"
 state_dir = "{r}/state"
 helper_socket = "{r}/no-helper.sock"
+reconcile_interval = "0"
 {top}
 
 [deployments.app]

@@ -2,75 +2,19 @@
 //! the tests): pending then success or failure, with the right context, target URL and token,
 //! and a broken API never failing a deploy.
 
+mod fake_github;
 mod worker_support;
 
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
-
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use deployer::worker::RunStatus;
-use serde_json::Value;
+use fake_github::{FakeGithub, Seen};
 use worker_support::Env;
 
 const TOKEN: &str = "ghp_test_token_that_must_not_leak";
 
-#[derive(Debug, Clone)]
-struct Seen {
-    repo: String,
-    sha: String,
-    authorization: String,
-    accept: String,
-    body: Value,
-}
-
-#[derive(Clone)]
-struct Fake {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    answer: Arc<AtomicU16>,
-}
-
-async fn statuses(
-    State(fake): State<Fake>,
-    Path((owner, repo, sha)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: String,
-) -> StatusCode {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    fake.seen.lock().unwrap().push(Seen {
-        repo: format!("{owner}/{repo}"),
-        sha,
-        authorization: header("authorization"),
-        accept: header("accept"),
-        body: serde_json::from_str(&body).unwrap_or(Value::Null),
-    });
-    StatusCode::from_u16(fake.answer.load(Ordering::SeqCst)).unwrap()
-}
-
-/// Starts the fake API; returns its base URL.
-async fn start_fake(fake: Fake) -> String {
-    let app = axum::Router::new()
-        .route("/repos/{owner}/{repo}/statuses/{sha}", post(statuses))
-        .with_state(fake);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
-}
-
-async fn env_with_github(commands: &str, answer: u16) -> (Env, Fake, tempfile::TempDir) {
-    let fake = Fake {
-        seen: Arc::default(),
-        answer: Arc::new(AtomicU16::new(answer)),
-    };
-    let api = start_fake(fake.clone()).await;
+async fn env_with_github(commands: &str, answer: u16) -> (Env, FakeGithub, tempfile::TempDir) {
+    let fake = FakeGithub::start();
+    fake.answer_statuses_with(answer);
+    let api = fake.url.clone();
     let secrets = tempfile::tempdir().unwrap();
     let token_file = secrets.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
@@ -110,7 +54,7 @@ async fn a_run_reports_pending_then_success() {
     let runs = env.wait_idle().await;
     assert_eq!(runs[0].status, RunStatus::Success);
     env.stop().await;
-    let seen = fake.seen.lock().unwrap().clone();
+    let seen = fake.statuses();
     assert_eq!(seen.len(), 2, "{seen:#?}");
     check_request(&seen[0], &sha, "pending", &runs[0].id);
     check_request(&seen[1], &sha, "success", &runs[0].id);
@@ -129,7 +73,7 @@ async fn a_failed_run_reports_failure_with_its_error() {
     let runs = env.wait_idle().await;
     assert_eq!(runs[0].status, RunStatus::Failed);
     env.stop().await;
-    let seen = fake.seen.lock().unwrap().clone();
+    let seen = fake.statuses();
     assert_eq!(seen.len(), 2, "{seen:#?}");
     check_request(&seen[0], &sha, "pending", &runs[0].id);
     check_request(&seen[1], &sha, "failure", &runs[0].id);
@@ -151,7 +95,7 @@ async fn a_failing_github_api_never_fails_the_deploy() {
     let runs = env.wait_idle().await;
     assert_eq!(runs[0].status, RunStatus::Success, "{runs:#?}");
     env.stop().await;
-    assert_eq!(fake.seen.lock().unwrap().len(), 2);
+    assert_eq!(fake.statuses().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +145,7 @@ async fn a_rollback_reports_the_rolled_back_commit() {
         "{runs:#?}"
     );
     assert_eq!(releases.current(), Some(previous.run));
-    let seen = fake.seen.lock().unwrap().clone();
+    let seen = fake.statuses();
     assert_eq!(seen.len(), 6, "{seen:#?}");
     check_request(&seen[4], &old, "pending", &rollback.id);
     check_request(&seen[5], &old, "success", &rollback.id);

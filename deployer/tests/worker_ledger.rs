@@ -162,3 +162,125 @@ async fn fences_on_postgres() {
     };
     fences_and_entry_outcomes(&Ledger::open(&url).await.unwrap()).await;
 }
+
+/// Issue 14: reconcile state, the hook id learnt from deliveries, and the once-only claim of a
+/// redelivery request, on each backend (the DDL differs).
+async fn reconcile_and_redelivery(l: &Ledger) {
+    use deployer::ledger::{DeliveryRecord, Outcome, ReconcileState, RedeliveryRequest};
+    let mut state = ReconcileState {
+        deployment: "app".into(),
+        remote_head: Some("a".repeat(40)),
+        checked_at: 10,
+        action: "queued".into(),
+        note: "n".into(),
+    };
+    l.save_reconcile_state(&state).await.unwrap();
+    state.checked_at = 20;
+    state.action = "deployed".into();
+    l.save_reconcile_state(&state).await.unwrap();
+    assert_eq!(l.reconcile_state("app").await.unwrap(), Some(state));
+    assert_eq!(l.reconcile_state("web").await.unwrap(), None);
+
+    assert_eq!(l.hook_id_of("Octo/Site").await.unwrap(), None);
+    for (entry, at, hook) in [("e1", 1, Some("7")), ("e2", 2, Some("8")), ("e3", 3, None)] {
+        let record = DeliveryRecord {
+            entry: entry.into(),
+            delivery: format!("guid-{entry}"),
+            event: "push".into(),
+            hook_id: hook.map(str::to_owned),
+            received_at: at,
+            handled_at: at,
+            outcome: Outcome::Routed,
+            reason: "r".into(),
+            repository: Some("octo/site".into()),
+            branch: Some("main".into()),
+            sha: None,
+            deployments: vec![],
+        };
+        l.record_delivery(&record).await.unwrap();
+    }
+    assert_eq!(
+        l.hook_id_of("Octo/Site").await.unwrap().as_deref(),
+        Some("8"),
+        "the latest delivery that carried one, whatever the case"
+    );
+
+    l.claim_delivery("guid-received", "e9", 1).await.unwrap();
+    assert!(l.delivery_known("guid-received").await.unwrap());
+    assert!(!l.delivery_known("guid-new").await.unwrap());
+    let request = RedeliveryRequest {
+        guid: "guid-new".into(),
+        repository: "octo/site".into(),
+        hook_id: "8".into(),
+        github_delivery_id: 12_345_678_901,
+        event: Some("push".into()),
+        delivered_at: Some("2026-12-01T00:00:00Z".into()),
+        github_status: Some("Invalid HTTP Response: 502".into()),
+        requested_at: 5,
+        status_code: None,
+        error: None,
+    };
+    assert!(l.claim_redelivery(&request).await.unwrap());
+    assert!(!l.claim_redelivery(&request).await.unwrap(), "asked once");
+    assert!(l.delivery_known("guid-new").await.unwrap());
+    l.finish_redelivery("guid-new", Some(202), None)
+        .await
+        .unwrap();
+    let history = l.redelivery_history(10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].status_code, Some(202));
+    assert_eq!(history[0].github_delivery_id, 12_345_678_901);
+    l.release_redelivery("guid-new").await.unwrap();
+    assert!(!l.delivery_known("guid-new").await.unwrap());
+    assert!(
+        l.claim_redelivery(&request).await.unwrap(),
+        "released: asked again"
+    );
+    // Claimed at 5 and never answered: released only by a sweep for claims before a later time.
+    assert_eq!(l.release_unanswered_redeliveries(5).await.unwrap(), 0);
+    assert_eq!(l.release_unanswered_redeliveries(6).await.unwrap(), 1);
+    assert!(l.claim_redelivery(&request).await.unwrap());
+    l.finish_redelivery("guid-new", Some(202), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        l.release_unanswered_redeliveries(i64::MAX).await.unwrap(),
+        0,
+        "an answered request stays"
+    );
+
+    assert!(!l.sha_attempted("app", &"b".repeat(40)).await.unwrap());
+    let mut r = run("r1", "app", "d1", RunStatus::Stale, 10);
+    r.sha = "b".repeat(40);
+    l.insert_run(&r).await.unwrap();
+    assert!(
+        !l.sha_attempted("app", &"b".repeat(40)).await.unwrap(),
+        "a stale push is no attempt"
+    );
+    let mut r = run("r2", "app", "d2", RunStatus::Failed, 11);
+    r.sha = "b".repeat(40);
+    r.entry = Some("x.json".into());
+    l.insert_run(&r).await.unwrap();
+    assert!(l.sha_attempted("app", &"b".repeat(40)).await.unwrap());
+    assert!(!l.sha_attempted("web", &"b".repeat(40)).await.unwrap());
+    assert!(l.entry_has_runs("app", "x.json").await.unwrap());
+    assert!(!l.entry_has_runs("app", "y.json").await.unwrap());
+}
+
+#[tokio::test]
+async fn reconcile_and_redelivery_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("l.sqlite3").display()
+    );
+    reconcile_and_redelivery(&Ledger::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn reconcile_and_redelivery_on_postgres() {
+    let Some(url) = testkit::services::postgres_url() else {
+        return;
+    };
+    reconcile_and_redelivery(&Ledger::open(&url).await.unwrap()).await;
+}

@@ -29,6 +29,20 @@ struct Status {
     deployed_sha: Option<String>,
     last_run: Option<LastRun>,
     queued: usize,
+    /// What the last reconcile pass saw; `null` before the first pass.
+    reconcile: Option<Reconcile>,
+}
+
+#[derive(Debug, Serialize)]
+struct Reconcile {
+    /// The remote branch head; `null` when the branch was missing or unreadable.
+    remote_head: Option<String>,
+    checked_at: String,
+    /// Is the remote head the deployed commit?
+    deployed: bool,
+    /// What the pass did: deployed, queued, busy, attempted, claimed, missing or error.
+    action: String,
+    note: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -36,6 +50,8 @@ struct LastRun {
     id: String,
     status: String,
     sha: String,
+    /// webhook, cli, reconcile or pinned.
+    source: String,
     started_at: String,
     finished_at: Option<String>,
     error: Option<String>,
@@ -61,6 +77,7 @@ impl From<Run> for LastRun {
             id: r.id,
             status: r.status.to_string(),
             sha: r.sha,
+            source: r.source,
             started_at: timestamp(r.started_at),
             finished_at: r.finished_at.map(timestamp),
             error: r.error,
@@ -94,12 +111,26 @@ async fn collect(config: &Config) -> anyhow::Result<Vec<Status>> {
         } else {
             0
         };
+        let deployed_sha = ledger.deployed_sha(&d.name).await?;
+        // A ledger from before issue 14's migration has no reconcile state: shown as none.
+        let reconcile = ledger
+            .reconcile_state(&d.name)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| Reconcile {
+                deployed: s.remote_head.is_some() && s.remote_head == deployed_sha,
+                remote_head: s.remote_head,
+                checked_at: timestamp(s.checked_at),
+                action: s.action,
+                note: s.note,
+            });
         out.push(Status {
             name: d.name.clone(),
             repository: d.repository.clone(),
             branch: d.branch.clone(),
             enabled: d.enabled,
-            deployed_sha: ledger.deployed_sha(&d.name).await?,
+            deployed_sha,
             last_run: ledger
                 .recent_runs(&d.name, 1)
                 .await?
@@ -107,6 +138,7 @@ async fn collect(config: &Config) -> anyhow::Result<Vec<Status>> {
                 .next()
                 .map(LastRun::from),
             queued,
+            reconcile,
         });
     }
     Ok(out)
@@ -117,12 +149,36 @@ fn short(sha: &str) -> &str {
 }
 
 fn print_table(statuses: &[Status]) {
-    let rows: Vec<[String; 6]> = statuses
+    let rows: Vec<[String; 7]> = statuses
         .iter()
         .map(|s| {
             let last = s.last_run.as_ref().map_or_else(
                 || "-".to_owned(),
-                |r| format!("{} {} {} ({})", r.status, short(&r.sha), r.started_at, r.id),
+                |r| {
+                    format!(
+                        "{} {} {} from {} ({})",
+                        r.status,
+                        short(&r.sha),
+                        r.started_at,
+                        r.source,
+                        r.id
+                    )
+                },
+            );
+            let remote = s.reconcile.as_ref().map_or_else(
+                || "-".to_owned(),
+                |r| {
+                    let state = if r.deployed {
+                        "deployed".to_owned()
+                    } else {
+                        format!("not deployed, {}", r.action)
+                    };
+                    format!(
+                        "{} ({state}) at {}",
+                        r.remote_head.as_deref().map_or("?", short),
+                        r.checked_at
+                    )
+                },
             );
             [
                 if s.enabled {
@@ -135,6 +191,7 @@ fn print_table(statuses: &[Status]) {
                 s.deployed_sha.as_deref().map_or("-", short).to_owned(),
                 last,
                 s.queued.to_string(),
+                remote,
             ]
         })
         .collect();
@@ -146,6 +203,7 @@ fn print_table(statuses: &[Status]) {
             "DEPLOYED",
             "LAST RUN",
             "QUEUED",
+            "REMOTE HEAD (LAST RECONCILE)",
         ],
         &rows,
     );

@@ -59,7 +59,7 @@ pub struct DeployRequest {
     pub sha: String,
     pub before: Option<String>,
     pub received_at_ms: i64,
-    /// `webhook` or `cli`.
+    /// `webhook`, `cli` or `reconcile`.
     pub source: String,
     /// An operator's `deploy NAME --sha X`: deploy exactly `sha` (a deliberate rollback), not
     /// the branch head. Every other request only triggers a deploy of the head.

@@ -2,13 +2,10 @@
 //! `success` or `failure` when it ends, under the context `durhack-deployer/<deployment>`.
 //! Reporting is best effort: a failure is logged by the caller and never fails a deploy.
 
-use std::time::Duration;
-
 use serde::Serialize;
 
 use crate::config::{Config, Secret};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
 /// GitHub refuses longer descriptions.
 const MAX_DESCRIPTION: usize = 140;
 
@@ -50,11 +47,7 @@ struct Body {
 impl StatusClient {
     pub fn from_config(config: &Config) -> Option<Self> {
         let token = config.github.token.clone()?;
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .user_agent(concat!("durhack-deployer/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .ok()?;
+        let http = super::http_client()?;
         Some(Self {
             http,
             api_url: config.github.api_url.clone(),

@@ -5,9 +5,11 @@
 //! own migration folder because their DDL differs.
 
 mod deliveries;
+mod reconcile;
 mod runs;
 
 pub use deliveries::{Claim, DeliveryRecord, Outcome};
+pub use reconcile::{ReconcileState, RedeliveryRequest};
 pub use runs::Fence;
 
 use sqlx::AnyPool;

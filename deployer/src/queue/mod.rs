@@ -120,6 +120,12 @@ pub fn entry_name(nanos: u64, key: &str) -> String {
     format!("{nanos:020}-{key}.json")
 }
 
+/// A name for a new entry with `key`, sorting after every entry this process named before (for
+/// a caller that must record the name before it writes the entry).
+pub fn fresh_entry_name(key: &str) -> String {
+    entry_name(unique_nanos(), key)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), QueueError> {
     File::open(dir)
         .and_then(|d| d.sync_all())

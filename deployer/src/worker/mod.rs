@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use self::git::{is_commit_id, ls_remote_head};
+pub use self::git::{GitError, is_commit_id, ls_remote_head};
 pub use self::record::{Run, RunStatus};
 pub use self::release::{ROLLBACK_SOURCE, ReleaseInfo, Releases, is_release_id};
 pub use self::run::new_run_id;

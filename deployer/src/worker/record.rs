@@ -66,7 +66,7 @@ pub struct Run {
     pub deployment: String,
     pub delivery: String,
     pub sha: String,
-    /// `webhook`, `cli`, or `pinned` (an operator's `deploy NAME --sha X`).
+    /// `webhook`, `cli`, `reconcile`, or `pinned` (an operator's `deploy NAME --sha X`).
     pub source: String,
     pub status: RunStatus,
     pub started_at: i64,

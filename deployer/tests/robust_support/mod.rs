@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deployer::config::Config;
-use deployer::ledger::{DeliveryRecord, Ledger};
+use deployer::ledger::{DeliveryRecord, Ledger, ReconcileState, RedeliveryRequest};
 use deployer::queue::Queue;
 use deployer::worker::Run;
 
@@ -101,7 +101,14 @@ pub struct Setup {
 
 impl Setup {
     /// `top` goes before the tables (database_url, redis_url, helper_socket, ...).
+    /// Reconciliation is off (`reconcile_interval = "0"`) unless `top` sets it: these suites
+    /// count runs and deliveries made by webhooks; `robust_reconcile` tests it.
     pub fn new(top: &str, deployments: Vec<DeploymentSpec>) -> Setup {
+        Setup::with_github(top, "", deployments)
+    }
+
+    /// [`Setup::new`] with `github` appended to the `[github]` table (token_file, api_url).
+    pub fn with_github(top: &str, github: &str, deployments: Vec<DeploymentSpec>) -> Setup {
         let dir = tempfile::Builder::new()
             .prefix("robust-")
             .tempdir()
@@ -114,9 +121,14 @@ impl Setup {
         } else {
             format!("helper_socket = \"{d}/no-helper.sock\"\n")
         };
+        let reconcile = if top.contains("reconcile_interval") {
+            ""
+        } else {
+            "reconcile_interval = \"0\"\n"
+        };
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{d}/state\"\n{helper}{top}\n\
-             [github]\nwebhook_secret_file = \"{d}/secret\"\n"
+            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{d}/state\"\n{helper}{reconcile}{top}\n\
+             [github]\nwebhook_secret_file = \"{d}/secret\"\n{github}\n"
         );
         for s in &deployments {
             let _ = write!(
@@ -185,6 +197,24 @@ impl Setup {
             }
         }
         out
+    }
+
+    /// `durhack-deployer <args> --config <this setup's config>`; panics unless it succeeds, and
+    /// gives its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(EXE)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env_remove(deployer::config::SECRET_ENV)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "durhack-deployer {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Every file in the queue directories, temporaries included.
@@ -551,6 +581,18 @@ impl LedgerView {
     pub fn deployed(&self, deployment: &str) -> Option<String> {
         self.rt
             .block_on(self.ledger.deployed_sha(deployment))
+            .unwrap()
+    }
+
+    pub fn reconcile_state(&self, deployment: &str) -> Option<ReconcileState> {
+        self.rt
+            .block_on(self.ledger.reconcile_state(deployment))
+            .unwrap()
+    }
+
+    pub fn redeliveries(&self) -> Vec<RedeliveryRequest> {
+        self.rt
+            .block_on(self.ledger.redelivery_history(i64::MAX))
             .unwrap()
     }
 }

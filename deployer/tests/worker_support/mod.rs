@@ -35,9 +35,16 @@ pub fn config_text(state: &Path, repo: &Remote, top: &str, body: &str) -> String
     } else {
         format!("helper_socket = \"{}/no-helper.sock\"", state.display())
     };
+    // The daemon suites count webhook runs; reconciliation has its own suite.
+    let reconcile = if top.contains("reconcile_interval") {
+        ""
+    } else {
+        "reconcile_interval = \"0\""
+    };
     format!(
         r#"state_dir = "{state}"
 {helper}
+{reconcile}
 {top}
 [deployments.app]
 repository = "test-owner/app"
