@@ -23,6 +23,7 @@ pub mod health;
 pub mod http;
 pub mod ledger;
 pub mod lock;
+pub mod presence;
 pub mod queue;
 pub mod worker;
 

@@ -5,14 +5,25 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::DEFAULT_CONFIG_PATH;
+use crate::config::{Config, DEFAULT_CONFIG_PATH, Deployment};
 
+/// `println!` that ignores a closed stdout (`… | head -1`): a reader that stopped reading is no
+/// reason to panic, nor to leave undone what the command was run for.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+mod as_owner;
 mod check;
 mod deploy;
 mod history;
 mod logs;
 mod migrate;
 mod quickstart;
+mod runs;
 mod send_test_push;
 mod serve;
 mod status;
@@ -51,6 +62,8 @@ enum Command {
     Status(status::Args),
     /// Print (or follow) a run's log.
     Logs(logs::Args),
+    /// List a deployment's past runs, newest first.
+    Runs(runs::Args),
     /// Try it locally: a demo repository and deployment on embedded defaults, no root.
     Quickstart(quickstart::Args),
     /// Sign and send a realistic push webhook to a running instance.
@@ -67,16 +80,46 @@ pub fn main() -> ExitCode {
         Command::Deploy(a) => deploy::run(a),
         Command::Status(a) => status::run(a),
         Command::Logs(a) => logs::run(a),
+        Command::Runs(a) => runs::run(a),
         Command::Quickstart(a) => quickstart::run(a),
         Command::SendTestPush(a) => send_test_push::run(a),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("durhack-deployer: {e:#}");
+            eprintln!("durhack-deployer: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: a message that already includes its cause's text
+/// (`cannot read X: No such file…` over the io error itself) is not followed by it again.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+/// The deployment called `name`, or an error listing the ones there are.
+fn find_deployment<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Deployment> {
+    config.deployments.get(name).ok_or_else(|| {
+        let known: Vec<&str> = config.deployments.keys().map(String::as_str).collect();
+        if known.is_empty() {
+            anyhow::anyhow!("no deployment named {name}; the configuration has none")
+        } else {
+            anyhow::anyhow!("no deployment named {name}; known: {}", known.join(", "))
+        }
+    })
 }
 
 /// The commit `deployment`'s branch points at on its remote (`git ls-remote`), as GitHub would
@@ -130,7 +173,8 @@ async fn wait_for_signal() -> &'static str {
 
 /// Prints `rows` under `header` in left-aligned columns (the last one unpadded).
 fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
-    print!("{}", format_table(header, rows));
+    use std::io::Write as _;
+    let _ = write!(std::io::stdout().lock(), "{}", format_table(header, rows));
 }
 
 fn format_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
@@ -162,6 +206,16 @@ fn format_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> Stri
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let shown = io.to_string();
+        let e = anyhow::Error::new(io).context(format!("cannot read /x: {shown}"));
+        assert_eq!(super::error_text(&e), format!("cannot read /x: {shown}"));
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_text(&e), "outer: inner");
+    }
+
     #[test]
     fn tables_align_on_the_widest_cell() {
         let rows = [

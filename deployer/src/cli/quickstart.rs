@@ -144,7 +144,7 @@ fn print_banner(dir: &Path, config_path: &Path, config: &Config) {
     let d = dir.display();
     let c = config_path.display();
     let listen = config.listen;
-    println!(
+    outln!(
         "durhack-deployer quickstart
 
   directory    {d}
@@ -176,14 +176,10 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     runtime
         .block_on(async move {
             let shutdown = CancellationToken::new();
-            let on_signal = shutdown.clone();
-            tokio::spawn(async move {
-                super::wait_for_signal().await;
-                eprintln!("stopping (Ctrl-C again to force)");
-                on_signal.cancel();
-                super::wait_for_signal().await;
-                std::process::exit(130);
-            });
+            tokio::spawn(super::serve::stop_on_signals(
+                shutdown.clone(),
+                config.state_dir.clone(),
+            ));
             crate::daemon::run_with_ready(config, shutdown, |addr| {
                 eprintln!("ready: listening on http://{addr}/github-webhook, send a push now");
             })

@@ -75,9 +75,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             quickstart::local_path(&deployment.remote),
             &deployment.branch,
         )?;
-        println!(
+        outln!(
             "added commit {new} to {} ({})",
-            deployment.remote, deployment.branch
+            deployment.remote,
+            deployment.branch
         );
         (old, new)
     } else {
@@ -108,12 +109,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let signature =
         crate::http::signature::sign(config.github.webhook_secret.expose().as_bytes(), &body);
 
-    println!(
+    outln!(
         "POST {url}\n  X-GitHub-Event: push\n  X-GitHub-Delivery: {delivery}\n  push of {} {} to {}",
-        deployment.repository, deployment.branch, after
+        deployment.repository,
+        deployment.branch,
+        after
     );
     if let Some(xff) = &xff {
-        println!("  X-Forwarded-For: {xff}  (as the proxy in front would send it)");
+        outln!("  X-Forwarded-For: {xff}  (as the proxy in front would send it)");
     }
     let extra_root =
         match &args.cacert {
@@ -156,9 +159,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let answer = response.text().await.unwrap_or_default();
         anyhow::Ok((status, answer))
     })?;
-    println!("{status}\n{answer}");
+    outln!("{status}\n{answer}");
     if status.is_success() {
-        println!(
+        outln!(
             "\nqueued: follow it with `durhack-deployer status --config {}`",
             args.config.config.display()
         );

@@ -101,6 +101,21 @@ pub fn kill_leftover(file: &Path) -> Option<i32> {
     killed
 }
 
+/// Kills every process group recorded under `state_dir/process-groups/` (see [`kill_leftover`])
+/// and returns them: a forced stop (a second Ctrl-C) ends every running command, and what they
+/// started, before the daemon exits.
+pub fn kill_recorded_groups(state_dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("process-groups")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pgid"))
+        .filter_map(|p| kill_leftover(&p))
+        .collect()
+}
+
 /// Shown in logs and errors: argv joined, quoted where needed for reading (not for a shell),
 /// with credentials in URLs (`https://user:token@host/...`, as a remote may carry) masked.
 pub fn display_argv(argv: &[String]) -> String {
