@@ -3,83 +3,15 @@
 //! reaches that commit with its build output — twice, so the second push is a new deploy.
 //! Real daemon, real git, SQLite and local locks; no root, no helper.
 
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use testkit::prereq;
 
-const EXE: &str = env!("CARGO_BIN_EXE_durhack-deployer");
-/// Generous: a first deploy may clone and build on a loaded machine. Not a timing assertion,
-/// only a bound on how long a broken pipeline can hang the test.
-const DEADLINE: Duration = Duration::from_secs(300);
-
-/// The daemon, killed if the test panics before stopping it.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        s
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `check` until it returns `Some`, the daemon dies, or the deadline passes.
-fn wait_for<T>(daemon: &mut Daemon, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            panic!(
-                "the quickstart exited ({status}) while waiting for {what}:\n{}",
-                daemon.log()
-            );
-        }
-        if start.elapsed() > DEADLINE {
-            panic!(
-                "gave up waiting for {what} after {DEADLINE:?}:\n{}",
-                daemon.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn git_out(args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
+mod quickstart_support;
+use quickstart_support::{DEADLINE, Daemon, EXE, free_port, git_out, wait_for};
 
 fn send_test_push(config: &Path) -> String {
     let out = Command::new(EXE)
@@ -113,20 +45,14 @@ fn quickstart_deploys_each_test_push() {
     let dir = tmp.path().join("quickstart");
     let port = free_port();
     let log = tmp.path().join("quickstart.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(EXE)
+    let mut quickstart = Command::new(EXE);
+    quickstart
         .arg("quickstart")
         .arg("--dir")
         .arg(&dir)
         .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
-    let mut daemon = Daemon { child, log };
+        .arg(format!("127.0.0.1:{port}"));
+    let mut daemon = Daemon::spawn(quickstart, &log);
 
     wait_for(&mut daemon, "the webhook endpoint to listen", || {
         TcpStream::connect(("127.0.0.1", port)).ok()

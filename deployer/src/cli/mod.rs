@@ -110,6 +110,14 @@ fn error_text(e: &anyhow::Error) -> String {
     text
 }
 
+/// How to run this program again in printed advice: its real path (a `cargo run` build is not on
+/// PATH), or its name if that cannot be known.
+fn this_program() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "durhack-deployer".into())
+}
+
 /// The deployment called `name`, or an error listing the ones there are.
 fn find_deployment<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Deployment> {
     config.deployments.get(name).ok_or_else(|| {
