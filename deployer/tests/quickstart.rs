@@ -5,7 +5,7 @@
 
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::prereq;
@@ -29,6 +29,10 @@ fn send_test_push(config: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("202"), "the push is accepted: {stdout}");
+    assert!(
+        stdout.contains("logs --follow"),
+        "it says how to follow the deploy: {stdout}"
+    );
     stdout
 }
 
@@ -63,6 +67,30 @@ fn quickstart_deploys_each_test_push() {
         "the quickstart says how to send a push:\n{}",
         daemon.log()
     );
+    let banner = daemon.log();
+    assert!(
+        banner.contains(&format!("{EXE} logs --follow --config")),
+        "the quickstart says how to follow a deploy, with a program that exists:\n{banner}"
+    );
+
+    // A second quickstart on the same directory refuses, and leaves the config alone.
+    let before = std::fs::read(&config).unwrap();
+    let out = Command::new(EXE)
+        .arg("quickstart")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--prepare-only")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&config).unwrap(), before, "config rewritten");
 
     let repo = dir.join("demo.git");
     let app = dir.join("app");
@@ -102,6 +130,31 @@ fn quickstart_deploys_each_test_push() {
         });
     }
 
+    // `send-test-push | head -1`: a reader that is gone makes no panic, and the push is sent.
+    let mut child = Command::new(EXE)
+        .arg("send-test-push")
+        .arg("--config")
+        .arg(&config)
+        .args(["demo", "--new-commit"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    let sha = git_out(&["--git-dir", repo_arg, "rev-parse", "refs/heads/main"]).unwrap();
+    wait_for(
+        &mut daemon,
+        "the push sent to a closed stdout to deploy",
+        || {
+            let head = git_out(&["-C", app_arg, "rev-parse", "HEAD"])?;
+            (head == sha).then_some(())
+        },
+    );
+
     // Ctrl-C (SIGINT here) stops it cleanly.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.child.id() as i32),
@@ -124,5 +177,42 @@ fn quickstart_deploys_each_test_push() {
         exit.success(),
         "the quickstart exits cleanly on Ctrl-C ({exit}):\n{}",
         daemon.log()
+    );
+}
+
+#[test]
+fn a_test_push_that_cannot_be_sent_adds_no_commit() {
+    if !prereq::require(
+        "git",
+        prereq::have_program("git"),
+        "the demo repository uses git",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("quickstart");
+    // Nothing listens on this port: the quickstart is prepared but not running.
+    let config = quickstart_support::prepare_quickstart(&dir, free_port());
+    let repo = dir.join("demo.git");
+    let head = || {
+        git_out(&[
+            "--git-dir",
+            repo.to_str().unwrap(),
+            "rev-parse",
+            "refs/heads/main",
+        ])
+    };
+    let before = head().unwrap();
+    let out = quickstart_support::cli(&config, &["send-test-push", "demo", "--new-commit"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is the deployer running?") && err.contains("no commit added"),
+        "{err}"
+    );
+    assert_eq!(
+        head().unwrap(),
+        before,
+        "a commit was added for a push never sent"
     );
 }
