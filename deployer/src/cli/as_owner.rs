@@ -10,7 +10,7 @@ use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use nix::unistd::{Gid, Uid, User};
 
 use crate::config::Config;
@@ -26,32 +26,36 @@ pub(super) enum StateUse {
 }
 
 /// When running as root, becomes the owner of `config.state_dir` (its uid, its gid and that
-/// user's supplementary groups) if that is another user. A missing `state_dir` is refused for a
-/// command that writes, as root: creating it here would make it root's.
+/// user's supplementary groups) if that is another user. A missing `state_dir` is judged by its
+/// nearest existing parent: a command that creates it as root, under a root-owned parent, says
+/// that the service user must be given it.
 pub(super) fn become_state_owner(config: &Config, state_use: StateUse) -> anyhow::Result<()> {
     if !Uid::effective().is_root() {
         return Ok(());
     }
     let dir = &config.state_dir;
-    let meta = match std::fs::metadata(dir) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if state_use == StateUse::Writes {
-                bail!(
-                    "state_dir {} does not exist; as root this would create it owned by root, \
-                     which the service could not write. Create it owned by the service user \
-                     (deploy/install.sh does), or run this as that user (sudo -u <user> …)",
-                    dir.display()
-                );
-            }
-            return Ok(());
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", dir.display())),
-    };
-    if meta.uid() == 0 {
-        return Ok(());
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    let meta = std::fs::metadata(existing)
+        .with_context(|| format!("cannot stat {}", existing.display()))?;
+    if meta.uid() != 0 {
+        return drop_to(
+            existing,
+            Uid::from_raw(meta.uid()),
+            Gid::from_raw(meta.gid()),
+        );
     }
-    drop_to(dir, Uid::from_raw(meta.uid()), Gid::from_raw(meta.gid()))
+    if existing != dir.as_path() && state_use == StateUse::Writes {
+        eprintln!(
+            "note: creating state_dir {} as root; before starting the service, give it to the \
+             service user (chown -R <user>: {}), as deploy/install.sh does",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn drop_to(dir: &Path, uid: Uid, gid: Gid) -> anyhow::Result<()> {
