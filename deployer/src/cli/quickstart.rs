@@ -175,7 +175,8 @@ and finished):
   {exe} status --config {c}
   {exe} runs --config {c} {DEMO_DEPLOYMENT}
 
-Ctrl-C stops it; running quickstart again carries on where it left off.
+Ctrl-C stops it (a deploy under way gets up to 30 s; Ctrl-C again stops it at once);
+running quickstart again carries on where it left off.
 "
     );
 }
