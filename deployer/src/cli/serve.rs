@@ -35,7 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The first SIGINT or SIGTERM cancels `shutdown` (a graceful stop), saying what it waits for;
-/// the second kills the process group of every running command (their records are in
+/// the second kills the process group of every command this daemon runs (their records are in
 /// `state_dir/process-groups/`) and exits at once, so no build outlives the daemon to race the
 /// next one in the same tree. The runs stay `running` in the ledger, which `status` shows as
 /// `interrupted`, and the next start closes them as cancelled.
@@ -55,7 +55,8 @@ pub(super) async fn stop_on_signals(shutdown: CancellationToken, state_dir: Path
     notify_systemd("STOPPING=1");
     shutdown.cancel();
     let signal = super::wait_for_signal().await;
-    let killed = crate::worker::kill_recorded_groups(&state_dir);
+    let killed =
+        crate::worker::kill_recorded_groups(&state_dir, &crate::presence::running_deploys());
     tracing::warn!(
         signal,
         process_groups = ?killed,

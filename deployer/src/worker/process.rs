@@ -101,18 +101,15 @@ pub fn kill_leftover(file: &Path) -> Option<i32> {
     killed
 }
 
-/// Kills every process group recorded under `state_dir/process-groups/` (see [`kill_leftover`])
-/// and returns them: a forced stop (a second Ctrl-C) ends every running command, and what they
-/// started, before the daemon exits.
-pub fn kill_recorded_groups(state_dir: &Path) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir(state_dir.join("process-groups")) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "pgid"))
-        .filter_map(|p| kill_leftover(&p))
+/// Kills the recorded process group (see [`kill_leftover`]) of each of `deployments`, whose
+/// deploys this process runs (so holds their locks, and wrote those records), and returns the
+/// groups killed: a forced stop (a second Ctrl-C) ends every running command, and what they
+/// started, before the daemon exits. Records of other daemons sharing `state_dir` are not
+/// touched.
+pub fn kill_recorded_groups(state_dir: &Path, deployments: &[String]) -> Vec<i32> {
+    deployments
+        .iter()
+        .filter_map(|d| kill_leftover(&pgid_file(state_dir, d)))
         .collect()
 }
 
