@@ -281,6 +281,46 @@ fn ctrl_c_twice_during_a_slow_build_exits_130_leaving_no_build_and_status_says_i
     assert_eq!(runs[0]["status"], "interrupted", "{runs}");
     let out = cli(&config, &["runs", "demo"]);
     assert!(stdout(&out).contains("interrupted"), "{}", stdout(&out));
+
+    // A restart closes the interrupted run as cancelled and redoes its push: one build at a
+    // time in the tree.
+    let interrupted = runs[0]["id"].as_str().unwrap().to_owned();
+    let mut serve = Command::new(EXE);
+    serve.arg("serve").arg("--config").arg(&config);
+    let mut daemon = Daemon::spawn(serve, &tmp.path().join("daemon2.log"));
+    wait_for(
+        &mut daemon,
+        "the push to be redone after the restart",
+        || {
+            let out = cli(&config, &["runs", "demo", "--json"]);
+            let runs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let old = runs
+                .as_array()?
+                .iter()
+                .find(|r| r["id"] == interrupted.as_str())?;
+            (old["status"] == "cancelled" && runs[0]["status"] == "running").then_some(())
+        },
+    );
+    wait_for(&mut daemon, "the redone build to start", || {
+        (processes_with(&marker).len() >= 2).then_some(())
+    });
+    let builds = processes_with(&marker)
+        .iter()
+        .filter(|p| p.contains("sh -c"))
+        .count();
+    assert_eq!(
+        builds,
+        1,
+        "one build in the tree: {:?}",
+        processes_with(&marker)
+    );
+    daemon.signal(Signal::SIGINT);
+    wait_for(&mut daemon, "the first Ctrl-C to be logged", || {
+        daemon_log_has(&tmp.path().join("daemon2.log"), "Ctrl-C again")
+    });
+    daemon.signal(Signal::SIGINT);
+    assert_eq!(daemon.wait_exit("the second stop").code(), Some(130));
+    assert!(processes_with(&marker).is_empty());
 }
 
 fn daemon_log_has(log: &Path, text: &str) -> Option<()> {

@@ -39,8 +39,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// `state_dir/process-groups/`) and exits at once, so no build outlives the daemon to race the
 /// next one in the same tree. The runs stay `running` in the ledger, which `status` shows as
 /// `interrupted`, and the next start closes them as cancelled.
-pub(super) async fn stop_on_signals(shutdown: CancellationToken, state_dir: PathBuf) {
-    let signal = super::wait_for_signal().await;
+pub(super) fn stop_on_signals(
+    shutdown: CancellationToken,
+    state_dir: PathBuf,
+) -> impl Future<Output = ()> {
+    // Registered now, before the daemon starts, not when the task first runs.
+    let mut signals = super::StopSignals::new();
+    async move {
+        let signal = signals.next().await;
+        stop_after(signal, &mut signals, &shutdown, &state_dir).await;
+    }
+}
+
+async fn stop_after(
+    signal: &'static str,
+    signals: &mut super::StopSignals,
+    shutdown: &CancellationToken,
+    state_dir: &std::path::Path,
+) {
     let running = crate::presence::running_deploys();
     if running.is_empty() {
         tracing::info!(signal, "stopping");
@@ -54,9 +70,9 @@ pub(super) async fn stop_on_signals(shutdown: CancellationToken, state_dir: Path
     }
     notify_systemd("STOPPING=1");
     shutdown.cancel();
-    let signal = super::wait_for_signal().await;
+    let signal = signals.next().await;
     let killed =
-        crate::worker::kill_recorded_groups(&state_dir, &crate::presence::running_deploys());
+        crate::worker::kill_recorded_groups(state_dir, &crate::presence::running_deploys());
     tracing::warn!(
         signal,
         process_groups = ?killed,
