@@ -7,6 +7,7 @@
 # Options:
 #   --root DIR      install into DIR instead of / (also DESTDIR=DIR); the user is created in
 #                   DIR/etc/passwd with `useradd --prefix`, and nothing outside DIR is touched.
+#                   An empty DIR gets the user database useradd needs (root only) first.
 #   --bin-dir DIR   where the built binaries are (default: <repo>/target/release).
 #   --uninstall     undo the install but keep config, secret, state, logs, deployments and the user.
 #
@@ -101,7 +102,29 @@ group_gid() {
     fi
 }
 
+# An empty scratch root has no user database for `useradd --prefix` to add to: seed the one a
+# Debian system starts with (root only). Existing files are never touched.
+seed_user_db() {
+    [ -n "$R" ] || return 0
+    local entry file seeded=()
+    mkdir -p -- "$R/etc"
+    for entry in 'passwd:0644:root:x:0:0:root:/root:/bin/bash' 'group:0644:root:x:0:' \
+        'shadow:0640:root:*:19000:0:99999:7:::' 'gshadow:0640:root:*::'; do
+        file=${entry%%:*}
+        entry=${entry#*:}
+        if [ ! -e "$R/etc/$file" ]; then
+            printf '%s\n' "${entry#*:}" >"$R/etc/$file"
+            chmod "${entry%%:*}" -- "$R/etc/$file"
+            seeded+=("$file")
+        fi
+    done
+    if [ ${#seeded[@]} -gt 0 ]; then
+        say "seeded $R/etc with ${seeded[*]} (root only), which useradd --prefix needs"
+    fi
+}
+
 ensure_user() {
+    seed_user_db
     if user_uid "$USER_NAME" >/dev/null; then
         say "user $USER_NAME exists"
         return
@@ -331,9 +354,9 @@ do_uninstall() {
     say "removed the units and binaries"
     cat <<EOF
 
-Kept (your data): $confdir (config, webhook secret, policy), $statedir (ledger, queues),
-$logdir (run logs), the deployment paths and the $USER_NAME user. To remove those too:
-  sudo rm -r $confdir $statedir $logdir && sudo userdel $USER_NAME
+Kept (your data): $R$confdir (config, webhook secret, policy), $R$statedir (ledger, queues),
+$R$logdir (run logs), the deployment paths and the $USER_NAME user. To remove those too:
+  sudo rm -r $R$confdir $R$statedir $R$logdir && sudo userdel ${R:+--prefix $R }$USER_NAME
 EOF
 }
 

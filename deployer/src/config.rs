@@ -18,10 +18,16 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error(
+        "no configuration at {path}: pass --config PATH (or set DURHACK_DEPLOYER_CONFIG), or try \
+         `durhack-deployer quickstart` for a local demo"
+    )]
+    NotFound { path: PathBuf },
+    // `error`, not `source`: the message says it, and error chains must not say it twice.
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -330,7 +336,14 @@ fn yes() -> bool {
 enum RawCommand {
     Argv(Vec<String>),
     Table(RawCommandTable),
+    /// Anything else, so that the error can say what a command looks like (an untagged enum's
+    /// own error names no key and no shape).
+    Other(toml::Value),
 }
+
+/// What a command looks like, for the error about one that does not.
+const COMMAND_SHAPE: &str = "a command is a list of arguments like [\"npm\", \"ci\"] or a table \
+     {argv = [\"npm\", \"ci\"], timeout = \"5m\"}";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,9 +355,17 @@ struct RawCommandTable {
 impl Config {
     /// Reads, parses and validates the file at `path`, loading the secrets it names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::NotFound {
+                    path: path.to_owned(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    error,
+                }
+            }
         })?;
         Self::parse(&text, path, std::env::var(SECRET_ENV).ok())
     }
@@ -608,6 +629,17 @@ fn parse_commands(key: &str, raw: Vec<RawCommand>) -> Result<Vec<CommandSpec>, C
         let (argv, timeout) = match c {
             RawCommand::Argv(argv) => (argv, None),
             RawCommand::Table(t) => (t.argv, t.timeout),
+            RawCommand::Other(value) => {
+                let got = match value {
+                    toml::Value::String(_) => "a string (commands run without a shell)",
+                    toml::Value::Table(_) => "a table without a list of strings in `argv`",
+                    _ => "something else",
+                };
+                return Err(invalid(
+                    format!("{key}[{i}]"),
+                    format!("{COMMAND_SHAPE}, not {got}"),
+                ));
+            }
         };
         if argv.is_empty() || argv[0].is_empty() {
             return Err(invalid(format!("{}[{i}]", key), "an empty command"));
@@ -888,6 +920,10 @@ enabled = false
             (
                 "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\nhook_id = \"x\"",
                 "hook_id",
+            ),
+            (
+                "[deployments.a]\nrepository = \"o/r\"\nbranch = \"main\"\npath = \"/x\"\ncommands = [\"npm ci\"]",
+                "deployments.a.commands[0]: a command is a list of arguments like [\"npm\", \"ci\"]",
             ),
             ("lock_ttl = \"1h\"", "lock_ttl"),
             (

@@ -34,6 +34,8 @@ pub async fn run_with_ready(
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    // Held until this function returns: `status` and `quickstart` see that a daemon runs here.
+    let _presence = crate::presence::announce(&config.state_dir)?;
     let inbox = Queue::open(inbox_dir(&config))?;
     for deployment in config.enabled_deployments() {
         Queue::open(deploy_queue_dir(&config, &deployment.name))?;
@@ -57,13 +59,18 @@ pub async fn run_with_ready(
     tracing::info!(%addr, deployments = config.enabled_deployments().count(), "listening");
     ready(addr);
 
-    let Some(ledger) = open_ledger(&config, &shutdown).await else {
+    let Some(ledger) = open_ledger(&config, &shutdown, &state.health()).await else {
         http_stop.cancel();
         let _ = server.await;
         return Ok(());
     };
     state.attach_ledger(ledger.clone());
     let health = state.health();
+    tokio::spawn(watch_writable(
+        ledger.clone(),
+        health.clone(),
+        dispatch_stop.clone(),
+    ));
     let dispatcher = tokio::spawn(supervise_dispatcher(
         Arc::clone(&config),
         ledger.clone(),
@@ -173,13 +180,71 @@ async fn supervise_dispatcher(
     }
 }
 
+/// The component [`watch_writable`] reports to [`Health`].
+const LEDGER: &str = "ledger";
+/// How often the ledger's writability is checked.
+const WRITABLE_CHECK: Duration = Duration::from_secs(5);
+
+/// Why a read-only ledger is down, and the way out.
+fn read_only_reason(e: &crate::ledger::LedgerError) -> String {
+    format!(
+        "the ledger is read-only ({e}): deliveries wait in the inbox until the service user can \
+         write it (check the owner of the ledger file and of its -wal and -shm files)"
+    )
+}
+
+/// Reports the ledger down in `health` (so `GET /` answers 503 naming it) while it refuses
+/// writes, logging once when that starts and once when it ends. A root-owned ledger file (left
+/// by a command run with sudo before the first start) would otherwise make every delivery wait
+/// forever behind a `GET /` that says ok.
+async fn watch_writable(ledger: Ledger, health: Health, stop: CancellationToken) {
+    let mut read_only = false;
+    loop {
+        match ledger.check_writable().await {
+            Err(e) if e.is_read_only() => {
+                if !read_only {
+                    let reason = read_only_reason(&e);
+                    tracing::error!(%reason, "the ledger cannot be written");
+                    health.down(LEDGER, &reason);
+                    read_only = true;
+                }
+            }
+            // Other failures (an outage) are the dispatcher's and the workers' to report.
+            Err(_) => {}
+            Ok(()) => {
+                if read_only {
+                    tracing::info!("the ledger is writable again");
+                    health.up(LEDGER);
+                    read_only = false;
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(WRITABLE_CHECK) => {}
+        }
+    }
+}
+
 /// Opens (and migrates) the ledger, retrying until it works; `None` if shutdown comes first.
-async fn open_ledger(config: &Config, shutdown: &CancellationToken) -> Option<Ledger> {
+async fn open_ledger(
+    config: &Config,
+    shutdown: &CancellationToken,
+    health: &Health,
+) -> Option<Ledger> {
     let url = config.effective_database_url();
     let mut delay = Duration::from_millis(500);
     loop {
         match Ledger::open(&url).await {
-            Ok(ledger) => return Some(ledger),
+            Ok(ledger) => {
+                health.up(LEDGER);
+                return Some(ledger);
+            }
+            Err(e) if e.is_read_only() => {
+                let reason = read_only_reason(&e);
+                tracing::error!(%reason, retry_in = ?delay, "cannot open the ledger");
+                health.down(LEDGER, &reason);
+            }
             Err(e) => {
                 tracing::error!(error = %e, retry_in = ?delay, "cannot open the ledger; deliveries wait in the inbox");
             }

@@ -25,6 +25,7 @@ pub mod health;
 pub mod http;
 pub mod ledger;
 pub mod lock;
+pub mod presence;
 pub mod queue;
 pub mod reconcile;
 pub mod worker;

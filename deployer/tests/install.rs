@@ -704,3 +704,50 @@ chroot $t/merged /bin/bash -c '
         "no user was added to the real system"
     );
 }
+
+#[test]
+fn an_empty_scratch_root_is_seeded_and_uninstall_names_paths_inside_it() {
+    if !prereq::require(
+        "root",
+        prereq::is_root(),
+        "the installer creates a user and chowns to it",
+    ) || !prereq::require(
+        "useradd",
+        prereq::have_program("useradd") || prereq::have_program("/usr/sbin/useradd"),
+        "the installer creates the system user with useradd --prefix",
+    ) {
+        return;
+    }
+    let real_before = real_system_state();
+    let root = tempfile::tempdir().unwrap();
+    let bins = stub_binaries();
+    let r = root.path();
+    let out = install(r, bins.path(), &[]);
+    assert!(out.contains("seeded"), "{out}");
+    let users = passwd_entry(r, "durhack-deployer");
+    assert_eq!(users.len(), 1, "the user is created in the scratch root");
+    assert_eq!(
+        passwd_entry(r, "root").len(),
+        1,
+        "root is in the seeded passwd"
+    );
+
+    let out = install(r, bins.path(), &["--uninstall"]);
+    let rm = out
+        .lines()
+        .find(|l| l.contains("rm -r"))
+        .unwrap_or_else(|| panic!("no rm line: {out}"));
+    let shown = r.display().to_string();
+    for path in rm.split_whitespace().filter(|w| w.starts_with('/')) {
+        assert!(
+            path.starts_with(&shown),
+            "{path} is outside the scratch root: {rm}"
+        );
+    }
+    assert!(rm.contains(&format!("userdel --prefix {shown} ")), "{rm}");
+    assert_eq!(
+        real_system_state(),
+        real_before,
+        "the real system is untouched"
+    );
+}

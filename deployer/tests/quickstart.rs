@@ -3,83 +3,15 @@
 //! reaches that commit with its build output — twice, so the second push is a new deploy.
 //! Real daemon, real git, SQLite and local locks; no root, no helper.
 
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::prereq;
 
-const EXE: &str = env!("CARGO_BIN_EXE_durhack-deployer");
-/// Generous: a first deploy may clone and build on a loaded machine. Not a timing assertion,
-/// only a bound on how long a broken pipeline can hang the test.
-const DEADLINE: Duration = Duration::from_secs(300);
-
-/// The daemon, killed if the test panics before stopping it.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        s
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `check` until it returns `Some`, the daemon dies, or the deadline passes.
-fn wait_for<T>(daemon: &mut Daemon, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            panic!(
-                "the quickstart exited ({status}) while waiting for {what}:\n{}",
-                daemon.log()
-            );
-        }
-        if start.elapsed() > DEADLINE {
-            panic!(
-                "gave up waiting for {what} after {DEADLINE:?}:\n{}",
-                daemon.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn git_out(args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
+mod quickstart_support;
+use quickstart_support::{DEADLINE, Daemon, EXE, free_port, git_out, wait_for};
 
 fn send_test_push(config: &Path) -> String {
     let out = Command::new(EXE)
@@ -97,6 +29,10 @@ fn send_test_push(config: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("202"), "the push is accepted: {stdout}");
+    assert!(
+        stdout.contains("logs --follow"),
+        "it says how to follow the deploy: {stdout}"
+    );
     stdout
 }
 
@@ -113,20 +49,14 @@ fn quickstart_deploys_each_test_push() {
     let dir = tmp.path().join("quickstart");
     let port = free_port();
     let log = tmp.path().join("quickstart.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(EXE)
+    let mut quickstart = Command::new(EXE);
+    quickstart
         .arg("quickstart")
         .arg("--dir")
         .arg(&dir)
         .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
-    let mut daemon = Daemon { child, log };
+        .arg(format!("127.0.0.1:{port}"));
+    let mut daemon = Daemon::spawn(quickstart, &log);
 
     wait_for(&mut daemon, "the webhook endpoint to listen", || {
         TcpStream::connect(("127.0.0.1", port)).ok()
@@ -137,6 +67,30 @@ fn quickstart_deploys_each_test_push() {
         "the quickstart says how to send a push:\n{}",
         daemon.log()
     );
+    let banner = daemon.log();
+    assert!(
+        banner.contains(&format!("{EXE} logs --follow --config")),
+        "the quickstart says how to follow a deploy, with a program that exists:\n{banner}"
+    );
+
+    // A second quickstart on the same directory refuses, and leaves the config alone.
+    let before = std::fs::read(&config).unwrap();
+    let out = Command::new(EXE)
+        .arg("quickstart")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--prepare-only")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&config).unwrap(), before, "config rewritten");
 
     let repo = dir.join("demo.git");
     let app = dir.join("app");
@@ -176,6 +130,31 @@ fn quickstart_deploys_each_test_push() {
         });
     }
 
+    // `send-test-push | head -1`: a reader that is gone makes no panic, and the push is sent.
+    let mut child = Command::new(EXE)
+        .arg("send-test-push")
+        .arg("--config")
+        .arg(&config)
+        .args(["demo", "--new-commit"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    let sha = git_out(&["--git-dir", repo_arg, "rev-parse", "refs/heads/main"]).unwrap();
+    wait_for(
+        &mut daemon,
+        "the push sent to a closed stdout to deploy",
+        || {
+            let head = git_out(&["-C", app_arg, "rev-parse", "HEAD"])?;
+            (head == sha).then_some(())
+        },
+    );
+
     // Ctrl-C (SIGINT here) stops it cleanly.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.child.id() as i32),
@@ -198,5 +177,42 @@ fn quickstart_deploys_each_test_push() {
         exit.success(),
         "the quickstart exits cleanly on Ctrl-C ({exit}):\n{}",
         daemon.log()
+    );
+}
+
+#[test]
+fn a_test_push_that_cannot_be_sent_adds_no_commit() {
+    if !prereq::require(
+        "git",
+        prereq::have_program("git"),
+        "the demo repository uses git",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("quickstart");
+    // Nothing listens on this port: the quickstart is prepared but not running.
+    let config = quickstart_support::prepare_quickstart(&dir, free_port());
+    let repo = dir.join("demo.git");
+    let head = || {
+        git_out(&[
+            "--git-dir",
+            repo.to_str().unwrap(),
+            "rev-parse",
+            "refs/heads/main",
+        ])
+    };
+    let before = head().unwrap();
+    let out = quickstart_support::cli(&config, &["send-test-push", "demo", "--new-commit"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is the deployer running?") && err.contains("no commit added"),
+        "{err}"
+    );
+    assert_eq!(
+        head().unwrap(),
+        before,
+        "a commit was added for a push never sent"
     );
 }

@@ -15,7 +15,8 @@ use privhelper::policy::{DEFAULT_POLICY_PATH, Policy};
 use privhelper::{checker, server};
 
 const USAGE: &str = "usage: durhack-privhelper [check] [--policy PATH] [--dev-insecure]
-       durhack-privhelper check-site [--policy PATH] SITE FILE";
+       durhack-privhelper check-site [--policy PATH] SITE FILE
+--dev-insecure skips the root and root-only-file checks: for tests, never in production";
 
 struct Args {
     /// `[]`, `["check"]` or `["check-site", SITE, FILE]`.

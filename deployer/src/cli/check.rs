@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -14,13 +14,26 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = match Config::load(&args.config.config) {
         Ok(c) => c,
-        Err(e) => {
+        // Only a key's error lacks the file's name; the others start with it already.
+        Err(e @ ConfigError::Invalid { .. }) => {
             eprintln!("{}: {e}", args.config.config.display());
             return Ok(ExitCode::FAILURE);
         }
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
     };
+    if config.deployments.is_empty() {
+        eprintln!(
+            "{}: no deployments: the daemon would have nothing to do. Add one as \
+             [deployments.NAME] with repository, branch, path and commands (see README.md)",
+            args.config.config.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     let enabled = config.enabled_deployments().count();
-    println!(
+    outln!(
         "{}: ok: listen {}, state {}, ledger {}, {} deployment(s), {enabled} enabled",
         args.config.config.display(),
         config.listen,
@@ -33,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.deployments.len(),
     );
     for d in config.deployments.values() {
-        println!(
+        outln!(
             "  {}: {} {} -> {}{}",
             d.name,
             d.repository,

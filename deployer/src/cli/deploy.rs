@@ -17,20 +17,53 @@ pub struct Args {
     config: super::ConfigArg,
     /// The deployment to deploy.
     name: String,
-    /// The full commit id to deploy [default: the branch head of the deployment's remote].
+    /// The commit to deploy: its full id, or at least 7 leading hex digits that name one commit
+    /// in the deployment's working tree [default: the branch head of the deployment's remote].
     #[arg(long)]
     sha: Option<String>,
 }
 
+/// The shortest abbreviation `--sha` accepts (git's default abbreviation).
+const MIN_SHORT_SHA: usize = 7;
+
+/// The full commit id of the abbreviation `short`, from the deployment's working tree (the
+/// commits it has fetched); unknown and ambiguous abbreviations are refused.
+fn resolve_short_sha(
+    deployment: &crate::config::Deployment,
+    short: &str,
+) -> anyhow::Result<String> {
+    let path = &deployment.path;
+    if !path.join(".git").exists() {
+        bail!(
+            "cannot resolve the short commit id `{short}`: {} has no checkout yet; pass the full \
+             commit id",
+            path.display()
+        );
+    }
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(path)
+        .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
+        .arg(format!("{short}^{{commit}}"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("cannot run git (is it installed?)")?;
+    let full = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || !crate::worker::is_commit_id(&full) {
+        bail!(
+            "`{short}` names no single commit in {} (unknown there, or ambiguous): pass more \
+             digits or the full commit id",
+            path.display()
+        );
+    }
+    Ok(full)
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
-    let deployment = config.deployments.get(&args.name).with_context(|| {
-        format!(
-            "no deployment `{}` in {}",
-            args.name,
-            args.config.config.display()
-        )
-    })?;
+    let deployment = super::find_deployment(&config, &args.name)?;
+    super::as_owner::become_state_owner(&config, super::as_owner::StateUse::Writes)?;
     if !deployment.enabled {
         eprintln!(
             "note: `{}` is disabled (enabled = false); the deploy waits in its queue until it is enabled",
@@ -41,10 +74,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sha = match args.sha {
         Some(sha) => {
             let sha = sha.to_ascii_lowercase();
-            if !crate::worker::is_commit_id(&sha) {
-                bail!("--sha must be a full commit id (40 or 64 hex digits), not `{sha}`");
+            if crate::worker::is_commit_id(&sha) {
+                sha
+            } else if (MIN_SHORT_SHA..40).contains(&sha.len())
+                && sha.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                resolve_short_sha(deployment, &sha)?
+            } else {
+                bail!(
+                    "--sha must be a commit id: {MIN_SHORT_SHA} to 40 (or 64) hex digits, not `{sha}`"
+                );
             }
-            sha
         }
         None => super::remote_branch_head(deployment)?,
     };
@@ -64,6 +104,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let queue = Queue::open(deploy_queue_dir(&config, &deployment.name))?;
     let entry = queue.push(&delivery, &serde_json::to_vec(&request)?)?;
-    println!("queued {sha} for {} ({entry})", deployment.name);
+    outln!("queued {sha} for {} ({entry})", deployment.name);
     Ok(ExitCode::SUCCESS)
 }

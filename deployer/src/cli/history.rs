@@ -5,7 +5,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use serde::Serialize;
 
 use super::status::timestamp;
@@ -102,41 +101,30 @@ impl From<DeliveryRecord> for Item {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
-    if config.database_url.is_none() {
-        let file = config.state_dir.join("ledger.sqlite3");
-        anyhow::ensure!(
-            file.exists(),
-            "no ledger at {} yet (the daemon creates it when it starts)",
-            file.display()
-        );
-    }
+    super::as_owner::become_state_owner(&config, super::as_owner::StateUse::ReadOnly)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     if args.redeliveries {
-        let requests = runtime
-            .block_on(async {
-                let ledger = Ledger::connect(&config.effective_database_url()).await?;
-                ledger.redelivery_history(args.limit).await
-            })
-            .context("cannot read the ledger (has `durhack-deployer migrate` run?)")?;
+        let requests = runtime.block_on(async {
+            let ledger = Ledger::open_read_only(&config.effective_database_url()).await?;
+            ledger.redelivery_history(args.limit).await
+        })?;
         let items: Vec<Redelivery> = requests.into_iter().map(Redelivery::from).collect();
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&items)?);
+            outln!("{}", serde_json::to_string_pretty(&items)?);
         } else {
             print_redeliveries(&items);
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let records = runtime
-        .block_on(async {
-            let ledger = Ledger::connect(&config.effective_database_url()).await?;
-            ledger.delivery_history(args.limit).await
-        })
-        .context("cannot read the ledger (has `durhack-deployer migrate` run?)")?;
+    let records = runtime.block_on(async {
+        let ledger = Ledger::open_read_only(&config.effective_database_url()).await?;
+        ledger.delivery_history(args.limit).await
+    })?;
     let items: Vec<Item> = records.into_iter().map(Item::from).collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        outln!("{}", serde_json::to_string_pretty(&items)?);
     } else {
         print_table(&items);
     }
@@ -145,7 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn print_table(items: &[Item]) {
     if items.is_empty() {
-        println!("no deliveries yet");
+        outln!("no deliveries yet");
         return;
     }
     let rows: Vec<[String; 6]> = items
@@ -180,7 +168,7 @@ fn print_table(items: &[Item]) {
 
 fn print_redeliveries(items: &[Redelivery]) {
     if items.is_empty() {
-        println!("no redeliveries asked of GitHub yet");
+        outln!("no redeliveries asked of GitHub yet");
         return;
     }
     let rows: Vec<[String; 6]> = items

@@ -30,13 +30,8 @@ const POLL: Duration = Duration::from_millis(200);
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
-    if !config.deployments.contains_key(&args.name) {
-        bail!(
-            "no deployment `{}` in {}",
-            args.name,
-            args.config.config.display()
-        );
-    }
+    super::find_deployment(&config, &args.name)?;
+    super::as_owner::become_state_owner(&config, super::as_owner::StateUse::ReadOnly)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -45,7 +40,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn show(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
     let dir = config.logs_dir().join(&args.name);
-    let ledger = Ledger::connect(&config.effective_database_url()).await.ok();
+    // Without a ledger the logs directory still says which runs there were.
+    let (ledger, no_ledger) = match Ledger::open_read_only(&config.effective_database_url()).await {
+        Ok(l) => (Some(l), None),
+        Err(e) => (None, Some(e)),
+    };
     let run_id = match &args.run {
         Some(id) => {
             if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
@@ -53,7 +52,10 @@ async fn show(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
             }
             id.clone()
         }
-        None => latest_run(ledger.as_ref(), &args.name, &dir).await?,
+        None => match latest_run(ledger.as_ref(), &args.name, &dir).await {
+            Ok(id) => id,
+            Err(e) => return Err(no_ledger.map_or(e, anyhow::Error::from)),
+        },
     };
     let path: PathBuf = dir.join(format!("{run_id}.log"));
     let mut file = std::fs::File::open(&path).with_context(|| {

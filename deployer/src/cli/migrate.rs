@@ -16,6 +16,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
+    let state_use = if config.database_url.is_none() {
+        super::as_owner::StateUse::Writes
+    } else {
+        super::as_owner::StateUse::ReadOnly
+    };
+    super::as_owner::become_state_owner(&config, state_use)?;
     if config.database_url.is_none() {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
@@ -27,6 +33,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let ledger = Ledger::connect(&config.effective_database_url()).await?;
         ledger.migrate().await
     })?;
-    println!("migrations applied");
+    outln!("migrations applied");
     Ok(ExitCode::SUCCESS)
 }

@@ -593,15 +593,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     eprintln!("migrate-from-python: {e}");
                     return Ok(ExitCode::FAILURE);
                 }
-                println!("wrote {}", out.join(name).display());
+                outln!("wrote {}", out.join(name).display());
             }
         }
-        None => print!(
-            "# ===== /etc/durhack-deployer/config.toml =====\n{}\n# ===== /etc/durhack-deployer/privhelper.toml =====\n{}\n",
-            migration.config, migration.policy
+        None => outln!(
+            "# ===== /etc/durhack-deployer/config.toml =====\n{}\n# ===== /etc/durhack-deployer/privhelper.toml =====\n{}",
+            migration.config,
+            migration.policy
         ),
     }
-    print!("\n# ===== then, as root =====\n{}", migration.steps);
+    outln!(
+        "\n# ===== then, as root =====\n{}",
+        migration.steps.trim_end()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,8 +5,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::DEFAULT_CONFIG_PATH;
+use crate::config::{Config, DEFAULT_CONFIG_PATH, Deployment};
 
+/// `println!` that ignores a closed stdout (`… | head -1`): a reader that stopped reading is no
+/// reason to panic, nor to leave undone what the command was run for.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+mod as_owner;
 mod check;
 mod deploy;
 mod history;
@@ -15,6 +25,7 @@ mod migrate;
 mod migrate_from_python;
 mod quickstart;
 mod rollback;
+mod runs;
 mod send_test_push;
 mod serve;
 mod status;
@@ -55,6 +66,8 @@ enum Command {
     Status(status::Args),
     /// Print (or follow) a run's log.
     Logs(logs::Args),
+    /// List a deployment's past runs, newest first.
+    Runs(runs::Args),
     /// Try it locally: a demo repository and deployment on embedded defaults, no root.
     Quickstart(quickstart::Args),
     /// Sign and send a realistic push webhook to a running instance.
@@ -74,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Rollback(a) => rollback::run(a),
         Command::Status(a) => status::run(a),
         Command::Logs(a) => logs::run(a),
+        Command::Runs(a) => runs::run(a),
         Command::Quickstart(a) => quickstart::run(a),
         Command::SendTestPush(a) => send_test_push::run(a),
         Command::MigrateFromPython(a) => migrate_from_python::run(a),
@@ -81,10 +95,47 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("durhack-deployer: {e:#}");
+            eprintln!("durhack-deployer: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: a message that already includes its cause's text
+/// (`cannot read X: No such file…` over the io error itself) is not followed by it again.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+/// How to run this program again in printed advice: its real path (a `cargo run` build is not on
+/// PATH), or its name if that cannot be known.
+fn this_program() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "durhack-deployer".into())
+}
+
+/// The deployment called `name`, or an error listing the ones there are.
+fn find_deployment<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Deployment> {
+    config.deployments.get(name).ok_or_else(|| {
+        let known: Vec<&str> = config.deployments.keys().map(String::as_str).collect();
+        if known.is_empty() {
+            anyhow::anyhow!("no deployment named {name}; the configuration has none")
+        } else {
+            anyhow::anyhow!("no deployment named {name}; known: {}", known.join(", "))
+        }
+    })
 }
 
 /// The commit `deployment`'s branch points at on its remote (`git ls-remote`), as GitHub would
@@ -121,25 +172,45 @@ fn init_logging() {
         .try_init();
 }
 
-/// SIGTERM or SIGINT, whichever comes first.
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+/// SIGINT and SIGTERM, registered once: a signal that arrives while nobody is waiting is kept
+/// for the next [`StopSignals::next`] (a stream registered after it would miss it, and once
+/// tokio handles a signal its default action no longer applies).
+struct StopSignals {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let streams = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(int), Ok(term)) => Some((int, term)),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop with SIGKILL");
+                None
+            }
+        };
+        Self { streams }
+    }
+
+    /// The next SIGINT or SIGTERM.
+    async fn next(&mut self) -> &'static str {
+        let Some((int, term)) = &mut self.streams else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
     }
 }
 
 /// Prints `rows` under `header` in left-aligned columns (the last one unpadded).
 fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
-    print!("{}", format_table(header, rows));
+    use std::io::Write as _;
+    let _ = write!(std::io::stdout().lock(), "{}", format_table(header, rows));
 }
 
 fn format_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
@@ -171,6 +242,16 @@ fn format_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> Stri
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let shown = io.to_string();
+        let e = anyhow::Error::new(io).context(format!("cannot read /x: {shown}"));
+        assert_eq!(super::error_text(&e), format!("cannot read /x: {shown}"));
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_text(&e), "outer: inner");
+    }
+
     #[test]
     fn tables_align_on_the_widest_cell() {
         let rows = [

@@ -42,6 +42,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(d) => absolute(&d)?,
         None => default_dir()?,
     };
+    // Rewriting the config under a running daemon would change what it serves behind its back.
+    if crate::presence::daemon_running(&dir.join("state")) {
+        bail!(
+            "a quickstart daemon is already running on {} (its Ctrl-C stops it); stop it first, \
+             or pass another --dir",
+            dir.display()
+        );
+    }
     let config_path = prepare(&dir, args.listen)?;
     let config = Config::load(&config_path)
         .with_context(|| format!("the generated {}", config_path.display()))?;
@@ -138,13 +146,11 @@ fn render(dir: &Path, listen: SocketAddr) -> anyhow::Result<String> {
 }
 
 fn print_banner(dir: &Path, config_path: &Path, config: &Config) {
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "durhack-deployer".into());
+    let exe = super::this_program();
     let d = dir.display();
     let c = config_path.display();
     let listen = config.listen;
-    println!(
+    outln!(
         "durhack-deployer quickstart
 
   directory    {d}
@@ -158,13 +164,19 @@ In another terminal, add a commit to the demo repository and send the push GitHu
 
   {exe} send-test-push --config {c} {DEMO_DEPLOYMENT} --new-commit
 
-then watch the deploy in the log below, and look at the result:
+then follow the deploy's own log (its commands' output) as it runs:
+
+  {exe} logs --follow --config {c} {DEMO_DEPLOYMENT}
+
+and look at the result (this terminal shows the daemon's log: pushes received, runs started
+and finished):
 
   cat {d}/app/built.txt
   {exe} status --config {c}
-  {exe} logs --config {c} {DEMO_DEPLOYMENT}
+  {exe} runs --config {c} {DEMO_DEPLOYMENT}
 
-Ctrl-C stops it; running quickstart again carries on where it left off.
+Ctrl-C stops it (a deploy under way gets up to 30 s; Ctrl-C again stops it at once);
+running quickstart again carries on where it left off.
 "
     );
 }
@@ -176,14 +188,10 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     runtime
         .block_on(async move {
             let shutdown = CancellationToken::new();
-            let on_signal = shutdown.clone();
-            tokio::spawn(async move {
-                super::wait_for_signal().await;
-                eprintln!("stopping (Ctrl-C again to force)");
-                on_signal.cancel();
-                super::wait_for_signal().await;
-                std::process::exit(130);
-            });
+            tokio::spawn(super::serve::stop_on_signals(
+                shutdown.clone(),
+                config.state_dir.clone(),
+            ));
             crate::daemon::run_with_ready(config, shutdown, |addr| {
                 eprintln!("ready: listening on http://{addr}/github-webhook, send a push now");
             })

@@ -26,13 +26,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
-    let deployment = config.deployments.get(&args.name).with_context(|| {
-        format!(
-            "no deployment `{}` in {}",
-            args.name,
-            args.config.config.display()
-        )
-    })?;
+    let deployment = super::find_deployment(&config, &args.name)?;
+    // As root (`sudo … rollback`), the queue entry must belong to the service's user.
+    super::as_owner::become_state_owner(&config, super::as_owner::StateUse::Writes)?;
     if deployment.layout != Layout::Releases {
         bail!(
             "`{}` builds in place (layout = \"in-place\"): there is no kept release to go back to; \
@@ -97,9 +93,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let queue = Queue::open(deploy_queue_dir(&config, &deployment.name))?;
     let entry = queue.push(&delivery, &serde_json::to_vec(&request)?)?;
-    println!(
+    outln!(
         "queued rollback of {} to release {} ({}) ({entry})",
-        deployment.name, target.run, target.sha
+        deployment.name,
+        target.run,
+        target.sha
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -47,15 +47,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
-    let deployment = config.deployments.get(&args.deployment).with_context(|| {
-        let names: Vec<&str> = config.deployments.keys().map(String::as_str).collect();
-        format!(
-            "no deployment `{}` in {} (there are: {})",
-            args.deployment,
-            args.config.config.display(),
-            names.join(", ")
-        )
-    })?;
+    let deployment = super::find_deployment(&config, &args.deployment)?;
     if !deployment.enabled {
         eprintln!(
             "note: deployment `{}` is disabled (enabled = false); the push will not deploy it",
@@ -63,6 +55,48 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
 
+    // Straight to the daemon, or through the proxies in front of it (`--url`)?
+    let direct = args.url.is_none();
+    let url = match args.url {
+        Some(url) => url,
+        None => default_url(config.listen),
+    };
+    let extra_root =
+        match &args.cacert {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("cannot read --cacert {}", path.display()))?;
+                Some(reqwest::Certificate::from_pem(&pem).with_context(|| {
+                    format!("--cacert {} is not a PEM certificate", path.display())
+                })?)
+            }
+            None => None,
+        };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let client = {
+        let mut client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .user_agent("GitHub-Hookshot/send-test-push");
+        if let Some(root) = extra_root {
+            client = client.add_root_certificate(root);
+        }
+        client.build()?
+    };
+    if args.new_commit {
+        // Checked before the commit: a push that cannot be sent must not leave a commit behind
+        // that no deploy will ever be asked for.
+        runtime
+            .block_on(async { client.get(origin(&url)).send().await })
+            .with_context(|| {
+                format!(
+                    "cannot reach {url} (is the deployer running? `durhack-deployer quickstart` \
+                 starts the demo's); no commit added"
+                )
+            })?;
+    }
     let (before, after) = if args.new_commit {
         if !quickstart::is_local_bare_repository(&deployment.remote) {
             bail!(
@@ -75,9 +109,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             quickstart::local_path(&deployment.remote),
             &deployment.branch,
         )?;
-        println!(
+        outln!(
             "added commit {new} to {} ({})",
-            deployment.remote, deployment.branch
+            deployment.remote,
+            deployment.branch
         );
         (old, new)
     } else {
@@ -97,47 +132,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .then(|| quickstart::local_path(&deployment.remote));
     let payload = push_payload(deployment, before.as_deref(), &after, local);
     let body = serde_json::to_vec(&payload)?;
-    // Straight to the daemon, or through the proxies in front of it (`--url`)?
-    let direct = args.url.is_none();
-    let url = match args.url {
-        Some(url) => url,
-        None => default_url(config.listen),
-    };
     let xff = forwarded_for(&config, args.forwarded_for, direct)?;
     let delivery = delivery_id()?;
     let signature =
         crate::http::signature::sign(config.github.webhook_secret.expose().as_bytes(), &body);
 
-    println!(
+    outln!(
         "POST {url}\n  X-GitHub-Event: push\n  X-GitHub-Delivery: {delivery}\n  push of {} {} to {}",
-        deployment.repository, deployment.branch, after
+        deployment.repository,
+        deployment.branch,
+        after
     );
     if let Some(xff) = &xff {
-        println!("  X-Forwarded-For: {xff}  (as the proxy in front would send it)");
+        outln!("  X-Forwarded-For: {xff}  (as the proxy in front would send it)");
     }
-    let extra_root =
-        match &args.cacert {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("cannot read --cacert {}", path.display()))?;
-                Some(reqwest::Certificate::from_pem(&pem).with_context(|| {
-                    format!("--cacert {} is not a PEM certificate", path.display())
-                })?)
-            }
-            None => None,
-        };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let (status, answer) = runtime.block_on(async {
-        let mut client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .user_agent("GitHub-Hookshot/send-test-push");
-        if let Some(root) = extra_root {
-            client = client.add_root_certificate(root);
-        }
-        let client = client.build()?;
         let mut request = client.post(&url);
         if let Some(xff) = &xff {
             request = request.header("X-Forwarded-For", xff);
@@ -156,11 +165,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let answer = response.text().await.unwrap_or_default();
         anyhow::Ok((status, answer))
     })?;
-    println!("{status}\n{answer}");
+    outln!("{status}\n{answer}");
     if status.is_success() {
-        println!(
-            "\nqueued: follow it with `durhack-deployer status --config {}`",
-            args.config.config.display()
+        outln!(
+            "\nqueued: follow the deploy with `{} logs --follow --config {} {}`",
+            super::this_program(),
+            args.config.config.display(),
+            deployment.name
         );
         Ok(ExitCode::SUCCESS)
     } else {
@@ -208,6 +219,15 @@ fn forwarded_for(
     let mut entries = vec![client.to_string()];
     entries.extend(std::iter::repeat_n("127.0.0.1".to_owned(), hops - 1));
     Ok(Some(entries.join(", ")))
+}
+
+/// `scheme://authority/` of `url`, where `GET` answers if anything listens.
+fn origin(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
+    format!("{scheme}://{authority}/")
 }
 
 /// The endpoint on the configured listen address; a wildcard address is reached on loopback.

@@ -88,20 +88,35 @@ impl From<Run> for LastRun {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
+    super::as_owner::become_state_owner(&config, super::as_owner::StateUse::ReadOnly)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let statuses = runtime.block_on(collect(&config))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&statuses)?);
+        outln!("{}", serde_json::to_string_pretty(&statuses)?);
     } else {
         print_table(&statuses);
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `status` shows for a run recorded `running` whose daemon is gone: the daemon stopped (or
+/// died) during the run, and the next start closes it as cancelled and redoes it.
+pub(super) const INTERRUPTED: &str = "interrupted";
+
+/// A run's status as shown: `running` only while a daemon runs here to run it.
+pub(super) fn shown_status(run: &Run, daemon_running: bool) -> String {
+    if run.status == crate::worker::RunStatus::Running && !daemon_running {
+        INTERRUPTED.to_owned()
+    } else {
+        run.status.to_string()
+    }
+}
+
 async fn collect(config: &Config) -> anyhow::Result<Vec<Status>> {
-    let ledger = Ledger::connect(&config.effective_database_url()).await?;
+    let ledger = Ledger::open_read_only(&config.effective_database_url()).await?;
+    let daemon_running = crate::presence::daemon_running(&config.state_dir);
     let mut out = Vec::new();
     for d in config.deployments.values() {
         let dir = deploy_queue_dir(config, &d.name);
@@ -136,7 +151,10 @@ async fn collect(config: &Config) -> anyhow::Result<Vec<Status>> {
                 .await?
                 .into_iter()
                 .next()
-                .map(LastRun::from),
+                .map(|run| LastRun {
+                    status: shown_status(&run, daemon_running),
+                    ..LastRun::from(run)
+                }),
             queued,
             reconcile,
         });

@@ -28,6 +28,9 @@ pub enum LedgerError {
     Database(#[from] sqlx::Error),
     #[error("migrating the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A read-only command found no ledger (the service creates it on first start).
+    #[error("no ledger yet at {where_} (the service creates it on first start)")]
+    Missing { where_: String },
 }
 
 impl LedgerError {
@@ -37,8 +40,51 @@ impl LedgerError {
     pub fn is_outage(&self) -> bool {
         match self {
             Self::Database(e) => is_outage(e),
-            Self::UnsupportedUrl | Self::Migrate(_) => false,
+            Self::UnsupportedUrl | Self::Migrate(_) | Self::Missing { .. } => false,
         }
+    }
+
+    /// Is this the ledger refusing writes (a file the service cannot write, a read-only
+    /// standby)? Waiting does not fix that: an operator must.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Self::Database(e) if is_read_only(e))
+    }
+}
+
+/// SQLite's SQLITE_READONLY (8, and its extended codes) or PostgreSQL's 25006.
+pub fn is_read_only(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        sqlite
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| c & 0xff == 8)
+    } else if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        pg.code() == "25006"
+    } else {
+        false
+    }
+}
+
+/// The file of an SQLite URL (`sqlite://PATH?…` or `sqlite:PATH`), if it names one.
+fn sqlite_file(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+    (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
+/// `url` without its password, for messages.
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -54,11 +100,11 @@ pub fn is_outage(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => {
             if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
                 // Extended result codes keep the primary code in the low byte:
-                // 5 SQLITE_BUSY, 6 SQLITE_LOCKED (and their variants).
+                // 5 SQLITE_BUSY, 6 SQLITE_LOCKED, 8 SQLITE_READONLY (and their variants).
                 sqlite
                     .code()
                     .and_then(|c| c.parse::<i32>().ok())
-                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 8))
             } else if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
                 let code = pg.code();
                 // 08: connection exception; 53: insufficient resources; 25006: read-only
@@ -112,6 +158,44 @@ impl Ledger {
             .connect(url)
             .await?;
         Ok(Self { pool, backend })
+    }
+
+    /// Connects for reading only, creating nothing: an SQLite file is opened `mode=ro`, and a
+    /// database without the ledger's tables is [`LedgerError::Missing`] (no migration runs).
+    pub async fn open_read_only(url: &str) -> Result<Self, LedgerError> {
+        let backend = Backend::of_url(url)?;
+        let url = match (backend, sqlite_file(url)) {
+            (Backend::Sqlite, Some(path)) => {
+                if !std::path::Path::new(path).exists() {
+                    return Err(LedgerError::Missing {
+                        where_: path.to_owned(),
+                    });
+                }
+                format!("sqlite://{path}?mode=ro")
+            }
+            _ => url.to_owned(),
+        };
+        let ledger = Self::connect(&url).await?;
+        let where_ = sqlite_file(&url).map_or_else(|| redacted(&url), str::to_owned);
+        match sqlx::query("SELECT 1 FROM runs LIMIT 1")
+            .fetch_optional(ledger.pool())
+            .await
+        {
+            Ok(_) => Ok(ledger),
+            Err(e) if is_outage(&e) => Err(e.into()),
+            // No `runs` table: a file or database nothing has migrated yet.
+            Err(_) => Err(LedgerError::Missing { where_ }),
+        }
+    }
+
+    /// Can the ledger be written? Probes with a write that changes nothing (a read-only
+    /// SQLite file or PostgreSQL standby refuses any write statement).
+    pub async fn check_writable(&self) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE fences SET token = token WHERE name = $1")
+            .bind("durhack-deployer writability probe")
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 
     /// Connects and applies every pending migration.

@@ -44,6 +44,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use self::git::{GitError, is_commit_id, ls_remote_head};
+pub use self::process::kill_recorded_groups;
 pub use self::record::{Run, RunStatus};
 pub use self::release::{ROLLBACK_SOURCE, ReleaseInfo, Releases, is_release_id};
 pub use self::run::new_run_id;
@@ -476,7 +477,9 @@ impl Worker {
         let fresh = rollback_alone(consumer, fresh);
         let cancel = CancellationToken::new();
         let watcher = tokio::spawn(watch(shutdown.clone(), lock.lost(), cancel.clone()));
+        let under_way = crate::presence::RunningDeploy::start(name);
         let outcome = self.execute(fresh, &cancel, &fence, &lock).await;
+        drop(under_way);
         watcher.abort();
         // Entries leave the queue before the lock is free, so the next holder never sees one
         // that is already recorded.

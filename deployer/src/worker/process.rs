@@ -101,6 +101,18 @@ pub fn kill_leftover(file: &Path) -> Option<i32> {
     killed
 }
 
+/// Kills the recorded process group (see [`kill_leftover`]) of each of `deployments`, whose
+/// deploys this process runs (so holds their locks, and wrote those records), and returns the
+/// groups killed: a forced stop (a second Ctrl-C) ends every running command, and what they
+/// started, before the daemon exits. Records of other daemons sharing `state_dir` are not
+/// touched.
+pub fn kill_recorded_groups(state_dir: &Path, deployments: &[String]) -> Vec<i32> {
+    deployments
+        .iter()
+        .filter_map(|d| kill_leftover(&pgid_file(state_dir, d)))
+        .collect()
+}
+
 /// Shown in logs and errors: argv joined, quoted where needed for reading (not for a shell),
 /// with credentials in URLs (`https://user:token@host/...`, as a remote may carry) masked.
 pub fn display_argv(argv: &[String]) -> String {
