@@ -216,10 +216,7 @@ fn issue(policy: &Policy, state: &mut State, site: &SiteName, domains: &Domains)
     let mut extra = vec!["--cert-name".to_string(), allowed.cert_name.to_string()];
     extra.extend(domains.as_slice().iter().flat_map(|d| ["-d".to_string(), d.to_string()]));
     match command::run(&policy.certbot.command, &extra) {
-        Ok(out) => Response::Done {
-            outcome: Outcome::CertificateIssued,
-            detail: Message::truncated_tail(&out),
-        },
+        Ok(out) => Response::done(Outcome::CertificateIssued, out),
         Err(f) => failed(f, ErrorCode::CommandFailed, ""),
     }
 }

@@ -84,8 +84,7 @@ fn run() -> Result<(), String> {
     } else {
         privhelper::warning!("*** not root (--dev-insecure): capabilities are not dropped ***");
     }
-    let socket = policy.socket.display();
-    privhelper::info!("serving on {socket} for uid {}", policy.client_uid);
+    privhelper::info!("serving on {} for uid {}", policy.socket.display(), policy.client_uid);
     server::serve(&policy, &listener)
 }
 

@@ -153,11 +153,12 @@ impl Response {
         }
     }
 
-    /// A success response whose detail is cut to fit.
+    /// A success response whose detail is cut to fit, keeping its end: a command's output says
+    /// what it did last (certbot's "Successfully received certificate").
     pub fn done(outcome: Outcome, detail: impl AsRef<str>) -> Response {
         Response::Done {
             outcome,
-            detail: Message::truncated(detail.as_ref()),
+            detail: Message::truncated_tail(detail.as_ref()),
         }
     }
 }
