@@ -52,6 +52,8 @@ pub struct Config {
     pub lock_ttl: Duration,
     pub github: GithubConfig,
     pub deployments: BTreeMap<String, Deployment>,
+    /// The file this configuration was read from, made absolute: the build sandbox hides it.
+    pub config_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +65,9 @@ pub struct GithubConfig {
     /// Empty means every source is allowed.
     pub allowed_networks: Vec<IpNetwork>,
     pub trusted_proxy_hops: usize,
+    /// Where the secrets were read from (absolute), for the build sandbox to hide.
+    pub webhook_secret_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +84,15 @@ pub struct Deployment {
     pub timeout: Duration,
     /// nginx site name -> conf file path relative to the repository root.
     pub sites: BTreeMap<String, PathBuf>,
+    /// Run the commands inside the build sandbox (see `worker::sandbox`); on unless set false.
+    pub sandbox: bool,
+    /// Variables of the daemon's own environment passed on to the commands, by name.
+    pub pass_env: Vec<String>,
+    /// Paths (Unix sockets or their directories, e.g. PM2's `$PM2_HOME`) bound read-write
+    /// into the sandbox even where it would otherwise hide them.
+    pub allow_sockets: Vec<PathBuf>,
+    /// The commands' `HOME` (caches, pnpm's store); `state_dir/homes/<name>` when unset.
+    pub home: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +291,13 @@ struct RawDeployment {
     timeout: Option<String>,
     #[serde(default)]
     sites: BTreeMap<String, PathBuf>,
+    #[serde(default = "yes")]
+    sandbox: bool,
+    #[serde(default)]
+    pass_env: Vec<String>,
+    #[serde(default)]
+    allow_sockets: Vec<PathBuf>,
+    home: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -391,6 +412,7 @@ impl Config {
             lock_ttl,
             github,
             deployments,
+            config_file: std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
         })
     }
 
@@ -485,6 +507,10 @@ fn parse_github(
         api_url: api_url.trim_end_matches('/').to_owned(),
         allowed_networks,
         trusted_proxy_hops: raw.trusted_proxy_hops,
+        webhook_secret_file: raw
+            .webhook_secret_file
+            .map(|f| std::path::absolute(&f).unwrap_or(f)),
+        token_file: raw.token_file.map(|f| std::path::absolute(&f).unwrap_or(f)),
     })
 }
 
@@ -616,6 +642,33 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
             ));
         }
     }
+    for (i, var) in raw.pass_env.iter().enumerate() {
+        if var.is_empty() || var.contains(['=', '\0']) || var.starts_with("DEPLOY_") {
+            return Err(invalid(
+                format!("{}[{i}]", key("pass_env")),
+                "not a usable variable name (DEPLOY_* is reserved)",
+            ));
+        }
+        if var == SECRET_ENV {
+            return Err(invalid(
+                format!("{}[{i}]", key("pass_env")),
+                "the webhook secret is never passed to commands",
+            ));
+        }
+    }
+    for (i, socket) in raw.allow_sockets.iter().enumerate() {
+        if !socket.is_absolute() || socket.parent().is_none() {
+            return Err(invalid(
+                format!("{}[{i}]", key("allow_sockets")),
+                "must be an absolute path below /",
+            ));
+        }
+    }
+    if let Some(home) = &raw.home
+        && (!home.is_absolute() || home.parent().is_none())
+    {
+        return Err(invalid(key("home"), "must be an absolute path below /"));
+    }
     Ok(Deployment {
         name: name.to_owned(),
         repository: raw.repository,
@@ -627,6 +680,10 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
         env: raw.env,
         timeout,
         sites: raw.sites,
+        sandbox: raw.sandbox,
+        pass_env: raw.pass_env,
+        allow_sockets: raw.allow_sockets,
+        home: raw.home,
     })
 }
 

@@ -9,6 +9,7 @@ use crate::config::DEFAULT_CONFIG_PATH;
 
 mod check;
 mod deploy;
+mod exposure;
 mod history;
 mod logs;
 mod migrate;

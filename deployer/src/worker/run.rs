@@ -10,8 +10,9 @@ use tracing::Instrument;
 use super::coalesce::{self, Candidate, Decision};
 use super::git::{GitError, Repo};
 use super::log::RunLog;
-use super::process::{self, ProcessError, Spawn};
+use super::process::{self, Confinement, ProcessError, Spawn};
 use super::retry::Backoff;
+use super::sandbox::{self, SandboxError};
 use super::sites::{self, SiteError};
 use super::{Run, RunStatus, Worker};
 use crate::dispatch::DeployRequest;
@@ -56,6 +57,8 @@ enum StepError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("the deployment's timeout of {0:?} ran out")]
     OutOfTime(Duration),
+    #[error("{0}")]
+    Sandbox(#[from] SandboxError),
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -472,7 +475,7 @@ impl Worker {
                     &format!("Deployed in {secs}s"),
                 )
                 .await;
-                super::check_restart_request(&self.config, log);
+                super::check_restart_request(&self.config, &self.deployment, log);
                 Disposition::Complete
             }
             RunStatus::Cancelled => {
@@ -507,20 +510,31 @@ impl Worker {
             _ => None,
         };
 
-        let mut env: Vec<(String, String)> =
-            d.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        env.extend([
+        let home = sandbox::home(&self.config, d);
+        sandbox::ensure_home(&home)?;
+        let deploy_vars: Vec<(String, String)> = vec![
             ("DEPLOY_NAME".into(), d.name.clone()),
             ("DEPLOY_SHA".into(), sha.to_owned()),
             ("DEPLOY_REF".into(), format!("refs/heads/{}", d.branch)),
             ("DEPLOY_DELIVERY".into(), p.req.delivery.clone()),
             (
                 "DEPLOY_RESTART_FILE".into(),
-                super::restart_file(&self.config)
+                super::restart_file(&self.config, d)
                     .to_string_lossy()
                     .into_owned(),
             ),
-        ]);
+        ];
+        let env = sandbox::command_env(d, &home, &deploy_vars);
+        let prefix = if d.sandbox {
+            if let Err(why) = sandbox::availability() {
+                log.line(&format!("! the build sandbox is unavailable: {why}"));
+                return Err(SandboxError::Unavailable(why.clone()).into());
+            }
+            sandbox::bwrap_prefix(&self.config, d, &home)
+        } else {
+            log.line("sandbox = false: the commands run unsandboxed");
+            Vec::new()
+        };
         let pgid_file = process::pgid_file(&self.config.state_dir, &d.name);
         for spec in &d.commands {
             let left = a.remaining();
@@ -528,7 +542,7 @@ impl Worker {
                 return Err(StepError::OutOfTime(d.timeout));
             }
             let timeout = spec.timeout.map_or(left, |t| t.min(left));
-            process::run(
+            process::run_confined(
                 Spawn {
                     argv: &spec.argv,
                     cwd: &d.path,
@@ -536,6 +550,7 @@ impl Worker {
                     timeout,
                     pgid_file: Some(&pgid_file),
                 },
+                Confinement { prefix: &prefix },
                 log,
                 cancel,
                 "the deployer is shutting down or lost its lock",

@@ -1,0 +1,401 @@
+//! The build sandbox: every command a deployment runs goes through bubblewrap (`bwrap`, the tool
+//! Flatpak relies on) with a fixed argv built here, and always with a clean environment.
+//!
+//! Inside: `/` read-only; the deployment's `path` and its home (`state_dir/homes/<name>` unless
+//! `home` is set) read-write; a private `/tmp`, `/dev` and `/proc` of a new PID namespace (the
+//! daemon is not there to be seen, signalled or traced); a new IPC namespace; no further user
+//! namespaces. Hidden behind empty tmpfs mounts: `state_dir` (queues, ledger, locks, logs,
+//! process-group records), the helper socket's directory, the config directory, and every other
+//! deployment's `path` (a build has no reason to read another app's `.env` or to change its
+//! tree, so hidden rather than read-only); the config, secret and token files themselves are
+//! covered by `/dev/null` too, wherever they live. The network is kept: builds fetch packages.
+//! `allow_sockets` paths are bound read-write last, so they stay reachable even inside a hidden
+//! directory: they are holes, on purpose (PM2's `$PM2_HOME`).
+//!
+//! The process group kill on timeout still reaches everything: `bwrap` is the group leader,
+//! and `--die-with-parent` makes the sandbox's PID 1 die with it, which ends the PID namespace.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::config::{Config, Deployment};
+
+/// The program; found through the daemon's `PATH`.
+pub const BWRAP: &str = "bwrap";
+
+/// `PATH` for commands when the daemon has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(
+        "the build sandbox is unavailable ({0}); install bubblewrap and allow user namespaces, or set `sandbox = false` for this deployment to run its commands unsandboxed"
+    )]
+    Unavailable(String),
+    #[error("cannot create the deployment's home {path}: {source}")]
+    Home {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Whether `bwrap` can build the sandbox here (installed, user namespaces allowed, a fresh
+/// `/proc` mountable), probed once per process; the error says why not.
+pub fn availability() -> &'static Result<(), String> {
+    static AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
+    AVAILABLE.get_or_init(probe)
+}
+
+/// Runs a sandbox with the same namespaces and mounts as a real one, around `true`.
+pub fn probe() -> Result<(), String> {
+    let out = std::process::Command::new(BWRAP)
+        .args(BASE_ARGS)
+        .args(["--", "true"])
+        .env_clear()
+        .env("PATH", daemon_path())
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "`{BWRAP}` is not installed (Debian package bubblewrap)"
+        )),
+        Err(e) => Err(format!("cannot run `{BWRAP}`: {e}")),
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            Err(format!(
+                "`{BWRAP}` fails here: {}",
+                stderr.lines().next().unwrap_or("no message").trim()
+            ))
+        }
+    }
+}
+
+/// The namespaces and fresh mounts every sandbox gets, before the per-deployment binds.
+const BASE_ARGS: &[&str] = &[
+    "--unshare-user",
+    "--disable-userns",
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--die-with-parent",
+    "--new-session",
+    "--ro-bind",
+    "/",
+    "/",
+    "--dev",
+    "/dev",
+    "--proc",
+    "/proc",
+    "--tmpfs",
+    "/tmp",
+];
+
+/// The commands' home directory.
+pub fn home(config: &Config, d: &Deployment) -> PathBuf {
+    d.home
+        .clone()
+        .unwrap_or_else(|| config.state_dir.join("homes").join(&d.name))
+}
+
+/// Creates the home (mode 0700) if needed, so it can be bound into the sandbox.
+pub fn ensure_home(home: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(home)
+        .map_err(|source| SandboxError::Home {
+            path: home.to_owned(),
+            source,
+        })
+}
+
+fn daemon_path() -> String {
+    std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned())
+}
+
+/// The whole environment of a deployment's command, sandboxed or not: `PATH` and `LANG` (the
+/// daemon's, or defaults), `HOME`, the `pass_env` variables the daemon has, the deployment's
+/// `env`, then `deploy_vars` (the `DEPLOY_*` variables). Nothing else of the daemon's.
+pub fn command_env(
+    d: &Deployment,
+    home: &Path,
+    deploy_vars: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_owned(), daemon_path()),
+        ("HOME".to_owned(), home.to_string_lossy().into_owned()),
+        (
+            "LANG".to_owned(),
+            std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".to_owned()),
+        ),
+    ];
+    for name in &d.pass_env {
+        if name == crate::config::SECRET_ENV {
+            continue;
+        }
+        if let Ok(value) = std::env::var(name) {
+            env.push((name.clone(), value));
+        }
+    }
+    env.extend(d.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(deploy_vars.iter().cloned());
+    // Later entries win, as the process environment would have it; keep one of each.
+    let mut seen = std::collections::HashSet::new();
+    let mut deduped: Vec<(String, String)> = env
+        .into_iter()
+        .rev()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .collect();
+    deduped.reverse();
+    deduped
+}
+
+/// `path` and, when it differs, its canonical form (a symlinked directory is hidden under both
+/// names: bwrap mounts over the target).
+fn with_canonical(path: &Path) -> Vec<PathBuf> {
+    let mut out = vec![path.to_owned()];
+    if let Ok(real) = std::fs::canonicalize(path)
+        && real != path
+    {
+        out.push(real);
+    }
+    out
+}
+
+fn arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// A directory shared with the rest of the system (`/`, `/etc`): hiding it would break builds,
+/// so only the files in it are covered.
+fn too_broad_to_hide(dir: &Path) -> bool {
+    dir.components().count() <= 2
+}
+
+/// The bwrap argv that runs a command of `d` (ending with `--`; the command's argv follows).
+pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path) -> Vec<String> {
+    let mut args: Vec<String> = std::iter::once(BWRAP)
+        .chain(BASE_ARGS.iter().copied())
+        .map(str::to_owned)
+        .collect();
+
+    // Files: covered one by one wherever they live.
+    let mut files: Vec<&Path> = vec![&config.config_file];
+    files.extend(config.github.webhook_secret_file.as_deref());
+    files.extend(config.github.token_file.as_deref());
+    for file in files {
+        for f in with_canonical(file) {
+            if f.is_file() {
+                args.extend(["--ro-bind".into(), "/dev/null".into(), arg(&f)]);
+            }
+        }
+    }
+
+    // Directories: replaced by an empty tmpfs.
+    let mut hidden: Vec<PathBuf> = vec![config.state_dir.clone()];
+    hidden.extend(
+        config
+            .helper_socket
+            .parent()
+            .filter(|p| !too_broad_to_hide(p))
+            .map(Path::to_owned),
+    );
+    let mut secret_dirs: Vec<&Path> = vec![&config.config_file];
+    secret_dirs.extend(config.github.webhook_secret_file.as_deref());
+    secret_dirs.extend(config.github.token_file.as_deref());
+    hidden.extend(
+        secret_dirs
+            .into_iter()
+            .filter_map(Path::parent)
+            .filter(|p| !too_broad_to_hide(p))
+            .map(Path::to_owned),
+    );
+    hidden.extend(
+        config
+            .deployments
+            .values()
+            .filter(|o| o.name != d.name)
+            .map(|o| o.path.clone()),
+    );
+    let mut hidden: Vec<PathBuf> = hidden
+        .iter()
+        .flat_map(|p| with_canonical(p))
+        // bwrap cannot create a mount point on the read-only root; a missing one hides nothing.
+        .filter(|p| p.is_dir())
+        .collect();
+    hidden.sort();
+    hidden.dedup();
+    let hidden: Vec<PathBuf> = hidden
+        .iter()
+        .filter(|p| !hidden.iter().any(|q| q != *p && p.starts_with(q)))
+        .cloned()
+        .collect();
+
+    let writable = [d.path.clone(), home.to_owned()];
+    let inside_writable = |p: &Path| writable.iter().any(|w| p.starts_with(w) && p != w);
+    // Hidden directories above (or beside) the writable ones first: the binds that follow are
+    // taken from the real file system and stay visible on top of the tmpfs.
+    for dir in hidden.iter().filter(|p| !inside_writable(p)) {
+        args.extend(["--tmpfs".into(), arg(dir)]);
+    }
+    for w in &writable {
+        args.extend(["--bind".into(), arg(w), arg(w)]);
+    }
+    // Another deployment's tree inside ours (or state_dir inside the tree) is hidden after.
+    let nested: Vec<&PathBuf> = hidden.iter().filter(|p| inside_writable(p)).collect();
+    for dir in &nested {
+        args.extend(["--tmpfs".into(), arg(dir)]);
+    }
+    if nested.iter().any(|n| home.starts_with(n)) {
+        args.extend(["--bind".into(), arg(home), arg(home)]);
+    }
+    // Last, so nothing above hides them: the deliberate holes.
+    for socket in &d.allow_sockets {
+        args.extend(["--bind-try".into(), arg(socket), arg(socket)]);
+    }
+    args.extend(["--chdir".into(), arg(&d.path), "--".into()]);
+    args
+}
+
+/// What the daemon says at start-up about the sandbox for each deployment, with a warning flag.
+pub fn describe(d: &Deployment) -> (bool, String) {
+    match (d.sandbox, availability()) {
+        (false, _) => (
+            true,
+            format!(
+                "{}: sandbox = false: its commands run unsandboxed, with the daemon's access (state, ledger, queues, helper socket)",
+                d.name
+            ),
+        ),
+        (true, Ok(())) => (false, format!("{}: commands run in the sandbox", d.name)),
+        (true, Err(why)) => (
+            true,
+            format!(
+                "{}: the build sandbox is unavailable ({why}): its runs will fail until bubblewrap works or it sets sandbox = false",
+                d.name
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        let text = format!(
+            r#"
+state_dir = "{d}/state"
+helper_socket = "{d}/run/helper/privhelper.sock"
+[github]
+webhook_secret_file = "{d}/secrets/webhook-secret"
+token_file = "{d}/secrets/token"
+[deployments.a]
+repository = "o/a"
+branch = "main"
+path = "{d}/www/a"
+pass_env = ["KEEP_ME", "DURHACK_DEPLOYER_WEBHOOK_SECRET_NOT"]
+allow_sockets = ["{d}/state/.pm2"]
+env = {{ NODE_ENV = "production" }}
+[deployments.b]
+repository = "o/b"
+branch = "main"
+path = "{d}/www/b"
+[deployments.nested]
+repository = "o/n"
+branch = "main"
+path = "{d}/www/a/nested"
+"#,
+            d = dir.display()
+        );
+        for sub in [
+            "state/queues",
+            "state/.pm2",
+            "run/helper",
+            "secrets",
+            "etc",
+            "www/a/nested",
+            "www/b",
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::write(dir.join("secrets/webhook-secret"), "s").unwrap();
+        std::fs::write(dir.join("secrets/token"), "t").unwrap();
+        let file = dir.join("etc/config.toml");
+        std::fs::write(&file, &text).unwrap();
+        Config::load(&file).unwrap()
+    }
+
+    /// Position of `op target...` in the argv.
+    fn find(args: &[String], op: &str, target: &Path) -> Option<usize> {
+        let target = target.to_string_lossy();
+        args.windows(2)
+            .position(|w| w[0] == op && w[1] == target)
+            .or_else(|| args.windows(3).position(|w| w[0] == op && w[2] == target))
+    }
+
+    #[test]
+    fn the_argv_hides_the_machinery_and_binds_the_tree_and_home_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir_path = std::fs::canonicalize(dir.path()).unwrap();
+        let c = config(&dir_path);
+        let d = &c.deployments["a"];
+        let home = home(&c, d);
+        std::fs::create_dir_all(&home).unwrap();
+        let args = bwrap_prefix(&c, d, &home);
+        let p = |s: &str| dir_path.join(s);
+        let tmpfs = |s: &str| find(&args, "--tmpfs", &p(s));
+        let state = tmpfs("state").expect("state_dir hidden");
+        tmpfs("run/helper").expect("helper socket dir hidden");
+        tmpfs("secrets").expect("secret dir hidden");
+        tmpfs("etc").expect("config dir hidden");
+        tmpfs("www/b").expect("another deployment hidden");
+        for f in ["secrets/webhook-secret", "secrets/token", "etc/config.toml"] {
+            find(&args, "--ro-bind", &p(f)).unwrap_or_else(|| panic!("{f} covered: {args:?}"));
+        }
+        let tree = find(&args, "--bind", &p("www/a")).expect("tree bound");
+        let home_bind = find(&args, "--bind", &home).expect("home bound");
+        assert!(home.starts_with(p("state")));
+        assert!(
+            home_bind > state,
+            "the home is bound after state_dir is hidden"
+        );
+        let nested = tmpfs("www/a/nested").expect("nested deployment hidden");
+        assert!(
+            nested > tree,
+            "a deployment inside the tree is hidden after the tree's bind"
+        );
+        let socket = find(&args, "--bind-try", &p("state/.pm2")).expect("allowed socket");
+        assert!(socket > state && socket > home_bind);
+        for ns in [
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--die-with-parent",
+            "--disable-userns",
+        ] {
+            assert!(args.iter().any(|a| a == ns), "{ns}");
+        }
+        assert!(
+            !args
+                .iter()
+                .any(|a| a == "--share-net" || a == "--unshare-net")
+        );
+        assert_eq!(args.last().map(String::as_str), Some("--"));
+    }
+
+    #[test]
+    fn the_environment_is_built_not_inherited() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let d = &c.deployments["a"];
+        let env = command_env(
+            d,
+            Path::new("/h"),
+            &[("DEPLOY_NAME".to_owned(), "a".to_owned())],
+        );
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["PATH", "HOME", "LANG", "NODE_ENV", "DEPLOY_NAME"]);
+        assert!(env.contains(&("HOME".to_owned(), "/h".to_owned())));
+    }
+}
