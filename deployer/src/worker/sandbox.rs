@@ -10,7 +10,8 @@
 //! tree, so hidden rather than read-only); the config, secret and token files themselves are
 //! covered by `/dev/null` too, wherever they live. The network is kept: builds fetch packages.
 //! `allow_sockets` paths are bound read-write last, so they stay reachable even inside a hidden
-//! directory: they are holes, on purpose (PM2's `$PM2_HOME`).
+//! directory: they are holes, on purpose (PM2's `$PM2_HOME`). The hiding tmpfs mounts are then
+//! made read-only: nothing can be written where the machinery was.
 //!
 //! The process group kill on timeout still reaches everything: `bwrap` is the group leader,
 //! and `--die-with-parent` makes the sandbox's PID 1 die with it, which ends the PID namespace.
@@ -254,6 +255,12 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path) -> Vec<String>
     for socket in &d.allow_sockets {
         args.extend(["--bind-try".into(), arg(socket), arg(socket)]);
     }
+    // The hiding tmpfs mounts are made read-only once every mount point in them exists, so a
+    // build cannot leave files there for a later command (or mistake them for the real thing).
+    // Not recursive: the binds inside them stay writable.
+    for dir in &hidden {
+        args.extend(["--remount-ro".into(), arg(dir)]);
+    }
     args.extend(["--chdir".into(), arg(&d.path), "--".into()]);
     args
 }
@@ -368,6 +375,11 @@ path = "{d}/www/a/nested"
         );
         let socket = find(&args, "--bind-try", &p("state/.pm2")).expect("allowed socket");
         assert!(socket > state && socket > home_bind);
+        let read_only = find(&args, "--remount-ro", &p("www/b")).expect("hidden dirs read-only");
+        assert!(
+            read_only > socket,
+            "made read-only after every mount point in them exists"
+        );
         for ns in [
             "--unshare-pid",
             "--unshare-ipc",
