@@ -155,7 +155,7 @@ remote = "/srv/git/app.git"
 path = "/var/www/app"
 commands = [
     ["sh", "-c", "mkdir -p public && cp index.html public/index.html"],
-    ["sh", "-c", "echo \"restarted with $(cat public/index.html)\" >> /var/lib/durhack-deployer/app-restarts"],
+    ["sh", "-c", "echo \"restarted with $(cat public/index.html)\" >> \"$HOME/app-restarts\""],
 ]
 sites = { app = "nginx/app.conf" }
 
@@ -166,7 +166,7 @@ branch = "slow"
 remote = "/srv/git/app.git"
 path = "/var/www/slow"
 commands = [
-    ["sh", "-c", "f=/var/lib/durhack-deployer/slow-runs; n=$(($(cat $f 2>/dev/null || echo 0) + 1)); echo $n > $f; if [ $n = 1 ]; then touch /var/lib/durhack-deployer/slow-started; exec sleep 600; fi"],
+    ["sh", "-c", "f=$HOME/slow-runs; n=$(($(cat $f 2>/dev/null || echo 0) + 1)); echo $n > $f; if [ $n = 1 ]; then touch $HOME/slow-started; exec sleep 600; fi"],
 ]
 
 # A deployment of the deployer itself: its last command asks for a restart.
@@ -309,7 +309,7 @@ wait_for "the app run for ${sha1:0:12}" 300 run_done app "$sha1"
 expect_success app
 echo "  push to finished deploy (with certbot): $(since "$t0")"
 [ "$(cat /var/www/app/public/index.html)" = "app v1" ] || die "the build output is not the pushed commit's"
-grep -q "restarted with app v1" /var/lib/durhack-deployer/app-restarts || die "the restart command did not run"
+grep -q "restarted with app v1" /var/lib/durhack-deployer/homes/app/app-restarts || die "the restart command did not run"
 ok "checked out, built, restart command ran"
 [ -f /etc/nginx/conf.d/app.conf ] || die "the helper did not write /etc/nginx/conf.d/app.conf"
 stat -c '  %n %U:%G %a' /etc/nginx/conf.d/app.conf
@@ -358,7 +358,7 @@ ok "https://app.example.local/ answers with the certificate certbot issued again
 step "5. systemctl restart in the middle of a deploy: the run is redone"
 shaS=$(g rev-parse slow)
 push slow "$shaS" >/dev/null
-wait_for "the slow deploy to be running" 120 test -e /var/lib/durhack-deployer/slow-started
+wait_for "the slow deploy to be running" 120 test -e /var/lib/durhack-deployer/homes/slow/slow-started
 pid_before=$(systemctl show -p MainPID --value durhack-deployer)
 t0=$(now)
 systemctl restart durhack-deployer
@@ -367,11 +367,11 @@ pid_after=$(systemctl show -p MainPID --value durhack-deployer)
 [ "$pid_after" != "$pid_before" ] && [ "$pid_after" != 0 ] || die "the deployer did not restart ($pid_before -> $pid_after)"
 # Closing the interrupted run as cancelled comes first, so wait for the redone run's success.
 redone() {
-    [ "$(cat /var/lib/durhack-deployer/slow-runs)" = 2 ] && [ "$(last_run slow | cut -d' ' -f2,3)" = "success $shaS" ]
+    [ "$(cat /var/lib/durhack-deployer/homes/slow/slow-runs)" = 2 ] && [ "$(last_run slow | cut -d' ' -f2,3)" = "success $shaS" ]
 }
 wait_for "the slow run to be redone" 180 redone
 expect_success slow
-[ "$(cat /var/lib/durhack-deployer/slow-runs)" = 2 ] || die "the slow deployment ran $(cat /var/lib/durhack-deployer/slow-runs) times, not 2"
+[ "$(cat /var/lib/durhack-deployer/homes/slow/slow-runs)" = 2 ] || die "the slow deployment ran $(cat /var/lib/durhack-deployer/homes/slow/slow-runs) times, not 2"
 ls /var/log/durhack-deployer/slow/ | sed 's/^/  | run log /'
 [ "$(ls /var/log/durhack-deployer/slow/ | wc -l)" = 2 ] || die "expected two run logs for slow (interrupted, redone)"
 ok "interrupted by the restart, redone after it, and succeeded"

@@ -174,6 +174,15 @@ fn too_broad_to_hide(dir: &Path) -> bool {
     dir.components().count() <= 2
 }
 
+/// The SQLite ledger's file, wherever `database_url` puts it.
+fn sqlite_file(config: &Config) -> Option<PathBuf> {
+    let url = config.effective_database_url();
+    let rest = url.strip_prefix("sqlite:")?;
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    Path::new(path).is_absolute().then(|| PathBuf::from(path))
+}
+
 /// The bwrap argv that runs a command of `d` (ending with `--`; the command's argv follows).
 pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path) -> Vec<String> {
     let mut args: Vec<String> = std::iter::once(BWRAP)
@@ -182,7 +191,9 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path) -> Vec<String>
         .collect();
 
     // Files: covered one by one wherever they live.
+    let ledger = sqlite_file(config);
     let mut files: Vec<&Path> = vec![&config.config_file];
+    files.extend(ledger.as_deref());
     files.extend(config.github.webhook_secret_file.as_deref());
     files.extend(config.github.token_file.as_deref());
     for file in files {
@@ -193,8 +204,21 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path) -> Vec<String>
         }
     }
 
-    // Directories: replaced by an empty tmpfs.
-    let mut hidden: Vec<PathBuf> = vec![config.state_dir.clone()];
+    // Directories: replaced by an empty tmpfs. The parts of state_dir by name too, since any of
+    // them may be a symlink out of it (the installer links logs/ to /var/log/durhack-deployer).
+    let mut hidden: Vec<PathBuf> = vec![
+        config.state_dir.clone(),
+        config.logs_dir(),
+        config.queues_dir(),
+        config.locks_dir(),
+    ];
+    hidden.extend(
+        sqlite_file(config)
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|p| !too_broad_to_hide(p))
+            .map(Path::to_owned),
+    );
     hidden.extend(
         config
             .helper_socket
@@ -394,6 +418,34 @@ path = "{d}/www/a/nested"
                 .any(|a| a == "--share-net" || a == "--unshare-net")
         );
         assert_eq!(args.last().map(String::as_str), Some("--"));
+    }
+
+    #[test]
+    fn symlinked_logs_and_a_ledger_outside_state_dir_are_hidden_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        for sub in ["state", "varlog/durhack", "db", "www/a", "etc", "secret"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        std::os::unix::fs::symlink(d.join("varlog/durhack"), d.join("state/logs")).unwrap();
+        std::fs::write(d.join("db/ledger.sqlite3"), "").unwrap();
+        std::fs::write(d.join("secret/s"), "s").unwrap();
+        let file = d.join("etc/config.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "state_dir = \"{p}/state\"\ndatabase_url = \"sqlite://{p}/db/ledger.sqlite3?mode=rwc\"\n\
+                 [github]\nwebhook_secret_file = \"{p}/secret/s\"\n\
+                 [deployments.a]\nrepository = \"o/a\"\nbranch = \"main\"\npath = \"{p}/www/a\"\n",
+                p = d.display()
+            ),
+        )
+        .unwrap();
+        let c = Config::parse(&std::fs::read_to_string(&file).unwrap(), &file, None).unwrap();
+        let args = bwrap_prefix(&c, &c.deployments["a"], &d.join("state/homes/a"));
+        find(&args, "--tmpfs", &d.join("varlog/durhack")).expect("the logs' real directory");
+        find(&args, "--tmpfs", &d.join("db")).expect("the ledger's directory");
+        find(&args, "--ro-bind", &d.join("db/ledger.sqlite3")).expect("the ledger file");
     }
 
     #[test]
