@@ -528,7 +528,7 @@ impl Worker {
         let prefix = if d.sandbox {
             if let Err(why) = sandbox::availability() {
                 log.line(&format!("! the build sandbox is unavailable: {why}"));
-                return Err(SandboxError::Unavailable(why.clone()).into());
+                return Err(SandboxError::Unavailable(why.to_owned()).into());
             }
             sandbox::bwrap_prefix(&self.config, d, &home)
         } else {

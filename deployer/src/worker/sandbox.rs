@@ -40,17 +40,44 @@ pub enum SandboxError {
     },
 }
 
+/// What the probe found: whether `--disable-userns` works here (it writes the sandbox's own
+/// `/proc/sys/user/max_user_namespaces`, which some containers mount read-only).
+#[derive(Debug, Clone, Copy)]
+struct Support {
+    blocks_nested_userns: bool,
+}
+
+fn support() -> &'static Result<Support, String> {
+    static SUPPORT: OnceLock<Result<Support, String>> = OnceLock::new();
+    SUPPORT.get_or_init(|| match run_probe(true) {
+        Ok(()) => Ok(Support {
+            blocks_nested_userns: true,
+        }),
+        Err(strict) => match run_probe(false) {
+            Ok(()) => {
+                tracing::warn!(
+                    why = %strict,
+                    "the build sandbox works here, but cannot refuse nested user namespaces (--disable-userns)"
+                );
+                Ok(Support {
+                    blocks_nested_userns: false,
+                })
+            }
+            Err(_) => Err(strict),
+        },
+    })
+}
+
 /// Whether `bwrap` can build the sandbox here (installed, user namespaces allowed, a fresh
 /// `/proc` mountable), probed once per process; the error says why not.
-pub fn availability() -> &'static Result<(), String> {
-    static AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
-    AVAILABLE.get_or_init(probe)
+pub fn availability() -> Result<(), &'static str> {
+    support().as_ref().map(|_| ()).map_err(String::as_str)
 }
 
 /// Runs a sandbox with the same namespaces and mounts as a real one, around `true`.
-pub fn probe() -> Result<(), String> {
+fn run_probe(block_nested_userns: bool) -> Result<(), String> {
     let out = std::process::Command::new(BWRAP)
-        .args(BASE_ARGS)
+        .args(base_args(block_nested_userns))
         .args(["--", "true"])
         .env_clear()
         .env("PATH", daemon_path())
@@ -70,6 +97,13 @@ pub fn probe() -> Result<(), String> {
             ))
         }
     }
+}
+
+fn base_args(block_nested_userns: bool) -> impl Iterator<Item = &'static str> {
+    BASE_ARGS
+        .iter()
+        .copied()
+        .filter(move |a| block_nested_userns || *a != "--disable-userns")
 }
 
 /// The namespaces and fresh mounts every sandbox gets, before the per-deployment binds.
@@ -186,7 +220,9 @@ fn sqlite_file(config: &Config) -> Option<PathBuf> {
 /// The bwrap argv that runs a command of `d` (ending with `--`; the command's argv follows).
 pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path) -> Vec<String> {
     let mut args: Vec<String> = std::iter::once(BWRAP)
-        .chain(BASE_ARGS.iter().copied())
+        .chain(base_args(
+            support().as_ref().map_or(true, |s| s.blocks_nested_userns),
+        ))
         .map(str::to_owned)
         .collect();
 
