@@ -64,6 +64,8 @@ const ATTEMPTS: &[&str] = &[
     "outside-dir-write",
     "parent-dir-write",
     "var-tmp-write",
+    "git-hook-write",
+    "git-config-write",
 ];
 
 fn prerequisites() -> bool {
@@ -155,7 +157,7 @@ fn hostile_script(paths: &BTreeMap<&str, String>) -> String {
     for (k, v) in paths {
         vars.push_str(&format!("{k}='{v}'\n"));
     }
-    vars + r#"
+    vars + r##"
 out=results.txt
 : > "$out"
 try() {
@@ -188,6 +190,9 @@ try other-tree-write sh -c 'echo hostile > "$1/hostile.txt"' - "$OTHER_TREE"
 try outside-dir-write sh -c 'echo hostile > "$1/hostile.txt"' - "$OUTSIDE"
 try parent-dir-write sh -c 'echo hostile > ../hostile-parent.txt'
 try var-tmp-write sh -c 'echo hostile > "$1"' - "$VAR_TMP_FILE"
+# The daemon runs git in the tree, unsandboxed: a hook or config entry would run outside.
+try git-hook-write sh -c 'printf "#!/bin/sh\necho hostile > ../hostile-hook.txt\n" > .git/hooks/post-checkout && chmod +x .git/hooks/post-checkout'
+try git-config-write git config core.fsmonitor "echo hostile > ../hostile-fsmonitor.txt"
 # /tmp is the sandbox's own: writing it works, and must not reach the host's.
 echo hostile > "$TMP_FILE" && echo "tmp-write private-or-host" >> "$out"
 
@@ -199,7 +204,7 @@ if command -v node >/dev/null; then node -e 'require("fs").writeFileSync("node.t
 py 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' "$ALLOWED_SOCKET" && echo "allowed-socket ok" >> "$out"
 env > env.txt
 echo DONE >> "$out"
-"#
+"##
 }
 
 struct Fixture {
@@ -519,6 +524,7 @@ fn a_hostile_build_reaches_nothing_of_the_deploy_machinery() {
         f.p("www/b/hostile.txt"),
         f.p("outside/hostile.txt"),
         f.p("www/hostile-parent.txt"),
+        f.p("www/a/.git/hooks/post-checkout"),
         PathBuf::from(format!("/var/tmp/{tag}-escape")),
         PathBuf::from(format!("/tmp/{tag}-escape")),
     ] {
@@ -528,6 +534,13 @@ fn a_hostile_build_reaches_nothing_of_the_deploy_machinery() {
             file.display()
         );
     }
+
+    assert!(
+        !std::fs::read_to_string(f.p("www/a/.git/config"))
+            .unwrap()
+            .contains("fsmonitor"),
+        "the tree's git config was changed from the sandbox"
+    );
 
     // The legitimate steps.
     assert_eq!(

@@ -9,6 +9,7 @@
 //! deployment's `path` (a build has no reason to read another app's `.env` or to change its
 //! tree, so hidden rather than read-only); the config, secret and token files themselves are
 //! covered by `/dev/null` too, wherever they live. The network is kept: builds fetch packages.
+//! The tree's `.git` is read-only: the daemon's own git commands run there, outside the sandbox.
 //! `allow_sockets` paths are bound read-write last, so they stay reachable even inside a hidden
 //! directory: they are holes, on purpose (PM2's `$PM2_HOME`). The hiding tmpfs mounts are then
 //! made read-only: nothing can be written where the machinery was.
@@ -303,6 +304,12 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path) -> Vec<String>
     for w in &writable {
         args.extend(["--bind".into(), arg(w), arg(w)]);
     }
+    // The tree's .git read-only: the daemon runs git there, unsandboxed, before the next run, so
+    // a hook or a config entry (core.fsmonitor, a filter) written by a build would run outside.
+    let git_dir = d.path.join(".git");
+    if git_dir.is_dir() {
+        args.extend(["--ro-bind".into(), arg(&git_dir), arg(&git_dir)]);
+    }
     // Another deployment's tree inside ours (or state_dir inside the tree) is hidden after.
     let nested: Vec<&PathBuf> = hidden.iter().filter(|p| inside_writable(p)).collect();
     for dir in &nested {
@@ -383,6 +390,7 @@ path = "{d}/www/a/nested"
             "secrets",
             "etc",
             "www/a/nested",
+            "www/a/.git",
             "www/b",
         ] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
@@ -422,6 +430,8 @@ path = "{d}/www/a/nested"
             find(&args, "--ro-bind", &p(f)).unwrap_or_else(|| panic!("{f} covered: {args:?}"));
         }
         let tree = find(&args, "--bind", &p("www/a")).expect("tree bound");
+        let git = find(&args, "--ro-bind", &p("www/a/.git")).expect("the tree's .git read-only");
+        assert!(git > tree, "over the tree's writable bind");
         let home_bind = find(&args, "--bind", &home).expect("home bound");
         assert!(home.starts_with(p("state")));
         assert!(
