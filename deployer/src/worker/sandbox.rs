@@ -273,13 +273,11 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path) -> Vec<String>
             .filter(|p| !too_broad_to_hide(p))
             .map(Path::to_owned),
     );
-    hidden.extend(
-        config
-            .deployments
-            .values()
-            .filter(|o| o.name != d.name)
-            .map(|o| o.path.clone()),
-    );
+    // Other deployments: their trees and their homes (which may be set outside state_dir).
+    for other in config.deployments.values().filter(|o| o.name != d.name) {
+        hidden.push(other.path.clone());
+        hidden.push(self::home(config, other));
+    }
     let mut hidden: Vec<PathBuf> = hidden
         .iter()
         .flat_map(|p| with_canonical(p))
@@ -376,6 +374,7 @@ env = {{ NODE_ENV = "production" }}
 repository = "o/b"
 branch = "main"
 path = "{d}/www/b"
+home = "{d}/cache/b"
 [deployments.nested]
 repository = "o/n"
 branch = "main"
@@ -392,6 +391,7 @@ path = "{d}/www/a/nested"
             "www/a/nested",
             "www/a/.git",
             "www/b",
+            "cache/b",
         ] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
@@ -426,6 +426,7 @@ path = "{d}/www/a/nested"
         tmpfs("secrets").expect("secret dir hidden");
         tmpfs("etc").expect("config dir hidden");
         tmpfs("www/b").expect("another deployment hidden");
+        tmpfs("cache/b").expect("another deployment's home hidden");
         for f in ["secrets/webhook-secret", "secrets/token", "etc/config.toml"] {
             find(&args, "--ro-bind", &p(f)).unwrap_or_else(|| panic!("{f} covered: {args:?}"));
         }
