@@ -203,6 +203,9 @@ echo cached > "$HOME/cache.txt" && echo "home-write ok" >> "$out"
 if command -v node >/dev/null; then node -e 'require("fs").writeFileSync("node.txt", "node ran")'; fi
 py 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' "$ALLOWED_SOCKET" && echo "allowed-socket ok" >> "$out"
 env > env.txt
+# Printed to the run log: what an unsandboxed build could read and show.
+cat "$TOKEN_FILE" 2>/dev/null; echo
+tr "\0" "\n" < /proc/$DPID/environ 2>/dev/null | grep DURHACK_DEPLOYER_WEBHOOK_SECRET
 echo DONE >> "$out"
 "##
 }
@@ -636,6 +639,13 @@ fn without_the_sandbox_the_same_build_gets_through() {
     ] {
         assert!(Path::new(&file).exists(), "{file}");
         std::fs::remove_file(&file).unwrap();
+    }
+    // It could print the token and the secret (from the daemon's environment): the run log
+    // masks them.
+    let log = f.run_log("a");
+    assert!(log.contains("DURHACK_DEPLOYER_WEBHOOK_SECRET=***"), "{log}");
+    for secret in [ENV_SECRET, TOKEN] {
+        assert!(!log.contains(secret), "the run log holds {secret}:\n{log}");
     }
     let env = f.env_of("a");
     assert!(!env.contains_key(NOT_PASSED.0));

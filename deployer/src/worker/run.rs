@@ -186,8 +186,10 @@ impl Worker {
             .logs_dir()
             .join(&d.name)
             .join(format!("{run_id}.log"));
+        let secrets = std::iter::once(self.config.github.webhook_secret.clone())
+            .chain(self.config.github.token.clone());
         let log = match RunLog::create(log_path.clone()) {
-            Ok(log) => Arc::new(log),
+            Ok(log) => Arc::new(log.redacting(secrets)),
             Err(e) => {
                 let error = format!("cannot create the run log {}: {e}", log_path.display());
                 tracing::error!("{error}");
