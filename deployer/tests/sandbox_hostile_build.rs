@@ -471,6 +471,24 @@ sandbox = {sandbox}
     }
 }
 
+/// A repository for the deployment an `extra_deployments` table adds (with `REMOTE_C` and
+/// `ROOT` in it, filled in here), readable by the daemon's user.
+fn third_repo(f: &Fixture) -> Remote {
+    let repo = Remote::new("main");
+    repo.commit("c", &[("index.html", "c")]);
+    repo.push();
+    let top = repo.bare().parent().unwrap().to_owned();
+    std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_tree(&repo.bare(), f.uid, f.gid);
+    let config_path = f.p("etc/config.toml");
+    let config = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("REMOTE_C", &repo.url())
+        .replace("ROOT", &f.root.path().display().to_string());
+    std::fs::write(&config_path, config).unwrap();
+    repo
+}
+
 fn file_tag(root: &Path) -> String {
     root.file_name().unwrap().to_string_lossy().into_owned()
 }
@@ -670,18 +688,7 @@ path = "ROOT/www/c"
 commands = [{ argv = ["sh", "-c", "sleep 6061 & echo started > started.txt; sleep 6062"], timeout = "3s" }]
 "#,
     );
-    let repo_c = Remote::new("main");
-    repo_c.commit("c", &[("index.html", "c")]);
-    repo_c.push();
-    let top = repo_c.bare().parent().unwrap().to_owned();
-    std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
-    chown_tree(&repo_c.bare(), f.uid, f.gid);
-    let config_path = f.p("etc/config.toml");
-    let config = std::fs::read_to_string(&config_path)
-        .unwrap()
-        .replace("REMOTE_C", &repo_c.url())
-        .replace("ROOT", &f.root.path().display().to_string());
-    std::fs::write(&config_path, config).unwrap();
+    let _repo_c = third_repo(&f);
     f.start();
     let sleepers = || -> Vec<String> {
         std::fs::read_dir("/proc")
@@ -704,4 +711,41 @@ commands = [{ argv = ["sh", "-c", "sleep 6061 & echo started > started.txt; slee
         Duration::from_secs(10),
         || sleepers().is_empty(),
     );
+}
+
+/// The daemon reads a deployment's site confs from its tree, outside the sandbox: a build that
+/// leaves one as a symlink to the webhook secret gets a refusal, not the secret's text in an
+/// error (which reaches the ledger and GitHub's commit status).
+#[test]
+fn a_site_conf_symlinked_out_of_the_tree_is_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let mut f = Fixture::new(
+        true,
+        r#"
+[deployments.c]
+repository = "sbx/c"
+branch = "main"
+remote = "REMOTE_C"
+path = "ROOT/www/c"
+commands = [["ln", "-sf", "ROOT/secrets/webhook-secret", "site.conf"]]
+sites = { demo = "site.conf" }
+"#,
+    );
+    let _repo_c = third_repo(&f);
+    f.start();
+    f.deploy("c");
+    let log = f.run_log("c");
+    assert!(
+        log.contains("site demo: site.conf leads out of the working tree"),
+        "{log}"
+    );
+    assert!(!log.contains(FILE_SECRET), "{log}");
+    let history = f.deployer(&["history"]).output().unwrap();
+    let status = f.deployer(&["status"]).output().unwrap();
+    for out in [&history.stdout, &status.stdout] {
+        assert!(!String::from_utf8_lossy(out).contains(FILE_SECRET));
+    }
+    assert_eq!(f.helper.accepted(), 0, "nothing was sent to the helper");
 }
