@@ -197,6 +197,9 @@ do_install() {
     done
     [ -f "$repo/sudoers/privhelper.toml" ] || die "$repo/sudoers/privhelper.toml (the helper's policy) is missing"
     command -v useradd >/dev/null 2>&1 || die "useradd not found (Debian/Ubuntu: apt-get install passwd)"
+    # The build sandbox; without it, runs of sandboxed deployments fail (saying so).
+    command -v bwrap >/dev/null 2>&1 ||
+        say "warning: bwrap not found: install bubblewrap (apt-get install bubblewrap); until then deployments fail unless they set sandbox = false"
 
     ensure_user
     local uid gid

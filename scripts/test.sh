@@ -3,7 +3,7 @@
 # then runs formatting, lints and every test in the workspace.
 #
 # As root it installs missing packages (nginx, nginx-dev, gcc, make, libpcre2-dev, certbot, pebble,
-# webhook, wrk, systemd-container) and starts PostgreSQL and Redis when they are not answering.
+# webhook, wrk, systemd-container, bubblewrap) and starts PostgreSQL and Redis when they are not answering.
 # Without root it only reports what is missing; the tests that need it then say so loudly (and
 # fail under CI=true).
 set -euo pipefail
@@ -14,8 +14,9 @@ cd "$(dirname "$0")/.."
 # systemd-container gives systemd-nspawn, which boots the systemd suite's container
 # (deployer/tests/systemd_units.rs). unshare and ip (util-linux, iproute2):
 # privhelper/tests/ports_80_443.rs runs nginx on 80/443 in a private network namespace.
-packages=(nginx certbot pebble webhook wrk openssl git curl nginx-dev gcc make libpcre2-dev systemd-container util-linux iproute2)
-programs=(nginx certbot pebble webhook wrk openssl git curl /usr/share/nginx/src/configure gcc make /usr/include/pcre2.h systemd-nspawn unshare ip)
+# bubblewrap is the build sandbox (deployer/src/worker/sandbox.rs, tests/sandbox_hostile_build.rs).
+packages=(nginx certbot pebble webhook wrk openssl git curl nginx-dev gcc make libpcre2-dev systemd-container util-linux iproute2 bubblewrap)
+programs=(nginx certbot pebble webhook wrk openssl git curl /usr/share/nginx/src/configure gcc make /usr/include/pcre2.h systemd-nspawn unshare ip bwrap)
 missing=()
 for i in "${!programs[@]}"; do
     if [[ "${programs[$i]}" == */* ]]; then

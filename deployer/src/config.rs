@@ -61,6 +61,8 @@ pub struct Config {
     /// How often the remote branch heads are compared with what is deployed (and, with a
     /// token, failed deliveries are redelivered); `None` (`reconcile_interval = "0"`) disables it.
     pub reconcile_interval: Option<Duration>,
+    /// The file this configuration was read from, made absolute: the build sandbox hides it.
+    pub config_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +74,9 @@ pub struct GithubConfig {
     /// Empty means every source is allowed.
     pub allowed_networks: Vec<IpNetwork>,
     pub trusted_proxy_hops: usize,
+    /// Where the secrets were read from (absolute), for the build sandbox to hide.
+    pub webhook_secret_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +107,15 @@ pub struct Deployment {
     /// The repository webhook's id, for redelivery; `None` means the `X-GitHub-Hook-ID` of the
     /// repository's latest received delivery.
     pub hook_id: Option<u64>,
+    /// Run the commands inside the build sandbox (see `worker::sandbox`); on unless set false.
+    pub sandbox: bool,
+    /// Variables of the daemon's own environment passed on to the commands, by name.
+    pub pass_env: Vec<String>,
+    /// Paths (Unix sockets or their directories, e.g. PM2's `$PM2_HOME`) bound read-write
+    /// into the sandbox even where it would otherwise hide them.
+    pub allow_sockets: Vec<PathBuf>,
+    /// The commands' `HOME` (caches, pnpm's store); `state_dir/homes/<name>` when unset.
+    pub home: Option<PathBuf>,
 }
 
 /// How a deployment's code is laid out under its `path`.
@@ -325,6 +339,13 @@ struct RawDeployment {
     shared: Vec<PathBuf>,
     keep_releases: Option<usize>,
     hook_id: Option<u64>,
+    #[serde(default = "yes")]
+    sandbox: bool,
+    #[serde(default)]
+    pass_env: Vec<String>,
+    #[serde(default)]
+    allow_sockets: Vec<PathBuf>,
+    home: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -484,6 +505,7 @@ impl Config {
             github,
             deployments,
             reconcile_interval,
+            config_file: std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
         })
     }
 
@@ -578,6 +600,10 @@ fn parse_github(
         api_url: api_url.trim_end_matches('/').to_owned(),
         allowed_networks,
         trusted_proxy_hops: raw.trusted_proxy_hops,
+        webhook_secret_file: raw
+            .webhook_secret_file
+            .map(|f| std::path::absolute(&f).unwrap_or(f)),
+        token_file: raw.token_file.map(|f| std::path::absolute(&f).unwrap_or(f)),
     })
 }
 
@@ -754,6 +780,33 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
             ),
         ));
     }
+    for (i, var) in raw.pass_env.iter().enumerate() {
+        if var.is_empty() || var.contains(['=', '\0']) || var.starts_with("DEPLOY_") {
+            return Err(invalid(
+                format!("{}[{i}]", key("pass_env")),
+                "not a usable variable name (DEPLOY_* is reserved)",
+            ));
+        }
+        if var == SECRET_ENV {
+            return Err(invalid(
+                format!("{}[{i}]", key("pass_env")),
+                "the webhook secret is never passed to commands",
+            ));
+        }
+    }
+    for (i, socket) in raw.allow_sockets.iter().enumerate() {
+        if !socket.is_absolute() || socket.parent().is_none() {
+            return Err(invalid(
+                format!("{}[{i}]", key("allow_sockets")),
+                "must be an absolute path below /",
+            ));
+        }
+    }
+    if let Some(home) = &raw.home
+        && (!home.is_absolute() || home.parent().is_none())
+    {
+        return Err(invalid(key("home"), "must be an absolute path below /"));
+    }
     Ok(Deployment {
         name: name.to_owned(),
         repository: raw.repository,
@@ -771,6 +824,10 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
         shared,
         keep_releases,
         hook_id: raw.hook_id,
+        sandbox: raw.sandbox,
+        pass_env: raw.pass_env,
+        allow_sockets: raw.allow_sockets,
+        home: raw.home,
     })
 }
 

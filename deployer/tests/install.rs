@@ -516,7 +516,9 @@ fn units_verify_and_stay_under_their_exposure_ceilings() {
         let line = summary.iter().find(|l| l.starts_with(unit)).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     };
-    assert!(score("durhack-deployer.service") < 2.0, "{stdout}");
+    // 1.1 before the build sandbox (issue 12); bubblewrap's namespaces, mount syscalls and a
+    // remountable /proc cost 1.1 more (deploy/check-units.sh says which settings).
+    assert!(score("durhack-deployer.service") < 2.3, "{stdout}");
     assert!(score("durhack-privhelper.service") < 3.0, "{stdout}");
 }
 

@@ -118,6 +118,33 @@ g push -q /srv/git/app.git main
 for b in slow self; do
     g checkout -q -b "$b" main && g commit -q --allow-empty -m "$b" && g push -q /srv/git/app.git "$b"
 done
+# The hostile branch: a build script that tries to reach the deploy machinery (step 5c).
+g checkout -q -b hostile main
+cat >"$T/work/hostile.sh" <<'SH'
+out=results.txt
+: >"$out"
+try() {
+    name=$1; shift
+    if "$@" >/dev/null 2>&1; then echo "$name ESCAPED" >>"$out"; else echo "$name blocked" >>"$out"; fi
+}
+command -v python3 >/dev/null && echo "python3 ok" >>"$out"
+try helper-socket-connect python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' /run/durhack-privhelper/privhelper.sock
+try queues-list sh -c 'ls /var/lib/durhack-deployer/queues | grep -q deploy-app'
+try queue-write sh -c 'echo "{}" > /var/lib/durhack-deployer/queues/deploy-app/.hostile'
+try ledger-read sh -c 'head -c 15 /var/lib/durhack-deployer/ledger.sqlite3 | grep -q SQLite'
+try locks-list sh -c 'test -n "$(ls -A /var/lib/durhack-deployer/locks)"'
+try run-logs-list sh -c 'ls /var/log/durhack-deployer | grep -q app'
+try run-logs-via-state sh -c 'ls /var/lib/durhack-deployer/logs/ | grep -q app'
+try config-read grep -q webhook_secret_file /etc/durhack-deployer/config.toml
+try secret-read grep -q . /etc/durhack-deployer/webhook-secret
+try daemon-in-proc sh -c 'for p in /proc/[0-9]*; do tr "\0" " " <$p/cmdline 2>/dev/null | grep -q "durhack-deploye[r] serve" && exit 0; done; exit 1'
+try other-tree-read test -e /var/www/app/index.html
+try other-tree-write sh -c 'echo hostile > /var/www/app/hostile.txt'
+try git-hook-write sh -c 'echo hostile > .git/hooks/post-checkout'
+echo hostile-home >"$HOME/hostile-home.txt" && echo "home-write ok" >>"$out"
+echo DONE >>"$out"
+SH
+g add hostile.sh && g commit -qm "a hostile build" && g push -q /srv/git/app.git hostile
 g checkout -q main
 ok "branches main, slow and self in /srv/git/app.git"
 
@@ -155,7 +182,7 @@ remote = "/srv/git/app.git"
 path = "/var/www/app"
 commands = [
     ["sh", "-c", "mkdir -p public && cp index.html public/index.html"],
-    ["sh", "-c", "echo \"restarted with $(cat public/index.html)\" >> /var/lib/durhack-deployer/app-restarts"],
+    ["sh", "-c", "echo \"restarted with $(cat public/index.html)\" >> \"$HOME/app-restarts\""],
 ]
 sites = { app = "nginx/app.conf" }
 
@@ -166,8 +193,16 @@ branch = "slow"
 remote = "/srv/git/app.git"
 path = "/var/www/slow"
 commands = [
-    ["sh", "-c", "f=/var/lib/durhack-deployer/slow-runs; n=$(($(cat $f 2>/dev/null || echo 0) + 1)); echo $n > $f; if [ $n = 1 ]; then touch /var/lib/durhack-deployer/slow-started; exec sleep 600; fi"],
+    ["sh", "-c", "f=$HOME/slow-runs; n=$(($(cat $f 2>/dev/null || echo 0) + 1)); echo $n > $f; if [ $n = 1 ]; then touch $HOME/slow-started; exec sleep 600; fi"],
 ]
+
+# The hostile build (step 5c), in the build sandbox as every deployment is by default.
+[deployments.hostile]
+repository = "durhack-test/app"
+branch = "hostile"
+remote = "/srv/git/app.git"
+path = "/var/www/hostile"
+commands = [["sh", "hostile.sh"]]
 
 # A deployment of the deployer itself: its last command asks for a restart.
 [deployments.self]
@@ -189,7 +224,7 @@ printf '[sites.app]\ndomains = ["app.example.local"]\n' >>"$POLICY"
 grep -q -- '--server' "$POLICY" && grep -q REQUESTS_CA_BUNDLE "$POLICY" || die "the policy edit did not apply"
 echo "  (docs: run the installer again after adding deployments: it creates their paths)"
 "$src/deploy/install.sh" --bin-dir "$bins" | grep -E 'created deployment path|config checks out|warning' | sed 's/^/  | /'
-for p in /var/www/app /var/www/slow /var/www/self; do
+for p in /var/www/app /var/www/slow /var/www/self /var/www/hostile; do
     [ "$(stat -c %U "$p")" = durhack-deployer ] || die "$p was not created for the service user"
 done
 runuser -u durhack-deployer -- durhack-deployer check --config "$CONF" | sed 's/^/  | /'
@@ -309,7 +344,7 @@ wait_for "the app run for ${sha1:0:12}" 300 run_done app "$sha1"
 expect_success app
 echo "  push to finished deploy (with certbot): $(since "$t0")"
 [ "$(cat /var/www/app/public/index.html)" = "app v1" ] || die "the build output is not the pushed commit's"
-grep -q "restarted with app v1" /var/lib/durhack-deployer/app-restarts || die "the restart command did not run"
+grep -q "restarted with app v1" /var/lib/durhack-deployer/homes/app/app-restarts || die "the restart command did not run"
 ok "checked out, built, restart command ran"
 [ -f /etc/nginx/conf.d/app.conf ] || die "the helper did not write /etc/nginx/conf.d/app.conf"
 stat -c '  %n %U:%G %a' /etc/nginx/conf.d/app.conf
@@ -358,7 +393,7 @@ ok "https://app.example.local/ answers with the certificate certbot issued again
 step "5. systemctl restart in the middle of a deploy: the run is redone"
 shaS=$(g rev-parse slow)
 push slow "$shaS" >/dev/null
-wait_for "the slow deploy to be running" 120 test -e /var/lib/durhack-deployer/slow-started
+wait_for "the slow deploy to be running" 120 test -e /var/lib/durhack-deployer/homes/slow/slow-started
 pid_before=$(systemctl show -p MainPID --value durhack-deployer)
 t0=$(now)
 systemctl restart durhack-deployer
@@ -367,11 +402,11 @@ pid_after=$(systemctl show -p MainPID --value durhack-deployer)
 [ "$pid_after" != "$pid_before" ] && [ "$pid_after" != 0 ] || die "the deployer did not restart ($pid_before -> $pid_after)"
 # Closing the interrupted run as cancelled comes first, so wait for the redone run's success.
 redone() {
-    [ "$(cat /var/lib/durhack-deployer/slow-runs)" = 2 ] && [ "$(last_run slow | cut -d' ' -f2,3)" = "success $shaS" ]
+    [ "$(cat /var/lib/durhack-deployer/homes/slow/slow-runs)" = 2 ] && [ "$(last_run slow | cut -d' ' -f2,3)" = "success $shaS" ]
 }
 wait_for "the slow run to be redone" 180 redone
 expect_success slow
-[ "$(cat /var/lib/durhack-deployer/slow-runs)" = 2 ] || die "the slow deployment ran $(cat /var/lib/durhack-deployer/slow-runs) times, not 2"
+[ "$(cat /var/lib/durhack-deployer/homes/slow/slow-runs)" = 2 ] || die "the slow deployment ran $(cat /var/lib/durhack-deployer/homes/slow/slow-runs) times, not 2"
 ls /var/log/durhack-deployer/slow/ | sed 's/^/  | run log /'
 [ "$(ls /var/log/durhack-deployer/slow/ | wc -l)" = 2 ] || die "expected two run logs for slow (interrupted, redone)"
 ok "interrupted by the restart, redone after it, and succeeded"
@@ -389,9 +424,28 @@ wait_for "systemd to restart the deployer" 120 restarted
 expect_success self
 pid_after=$(systemctl show -p MainPID --value durhack-deployer)
 echo "  NRestarts $restarts_before -> $(systemctl show -p NRestarts --value durhack-deployer); MainPID $pid_before -> $pid_after"
-journalctl -u durhack-deployer --no-pager -o cat | grep -E 'status=75|Scheduled restart' | tail -n 2 | sed 's/^/  | /'
-journalctl -u durhack-deployer --no-pager -o cat | grep -q 'status=75' || die "the journal shows no exit status 75"
+# Through a file: `journalctl | grep -q` under pipefail fails when grep's early exit SIGPIPEs
+# journalctl.
+journalctl -u durhack-deployer --no-pager -o cat >"$T/journal-deployer.txt"
+grep -E 'status=75|Scheduled restart' "$T/journal-deployer.txt" | tail -n 2 | sed 's/^/  | /'
+grep -q 'status=75' "$T/journal-deployer.txt" || die "the journal shows no exit status 75"
 ok "exit 75, restarted by Restart=on-failure"
+
+step "5c. a hostile build under the installed unit: the sandbox hides the machinery"
+journalctl -u durhack-deployer --no-pager -o cat >"$T/journal-deployer.txt"
+grep -q "hostile: commands run in the sandbox" "$T/journal-deployer.txt" || die "the daemon does not say the hostile deployment is sandboxed"
+shaH=$(g rev-parse hostile)
+push hostile "$shaH" >/dev/null
+wait_for "the hostile run" 120 run_done hostile "$shaH"
+expect_success hostile
+sed 's/^/  | /' /var/www/hostile/results.txt
+tail -n 1 /var/www/hostile/results.txt | grep -qx DONE || die "the hostile script did not run to its end"
+grep -qx "python3 ok" /var/www/hostile/results.txt || die "no python3 in the sandbox: the socket attempt proves nothing"
+[ "$(grep -c ' blocked$' /var/www/hostile/results.txt)" = 13 ] || die "not every attempt was blocked (13 expected)"
+! grep -q ESCAPED /var/www/hostile/results.txt || die "an attempt escaped the sandbox"
+[ ! -e /var/www/app/hostile.txt ] && [ ! -e /var/lib/durhack-deployer/queues/deploy-app/.hostile ] || die "a file was written from the sandbox"
+grep -qx hostile-home /var/lib/durhack-deployer/homes/hostile/hostile-home.txt || die "the build could not write its home"
+ok "all 13 attempts blocked; the build wrote its tree and its home"
 
 step "6. journalctl -u durhack-deployer -u durhack-privhelper: errors and secrets"
 journalctl -u durhack-deployer -u durhack-privhelper --no-pager -o short-iso >"$T/journal.txt"

@@ -55,5 +55,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if d.enabled { "" } else { " (disabled)" }
         );
     }
+    match crate::worker::sandbox::availability() {
+        Ok(()) => println!("  build sandbox: available (bubblewrap)"),
+        Err(why) => println!("  build sandbox: UNAVAILABLE: {why}"),
+    }
+    for warning in super::exposure::warnings(&config) {
+        println!("warning: {warning}");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,7 @@ macro_rules! outln {
 mod as_owner;
 mod check;
 mod deploy;
+mod exposure;
 mod history;
 mod logs;
 mod migrate;

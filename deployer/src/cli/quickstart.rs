@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
-/// The configuration template; `{{DIR}}` and `{{LISTEN}}` are filled in.
+/// The configuration template; `{{DIR}}`, `{{LISTEN}}` and `{{SANDBOX}}` are filled in.
 const TEMPLATE: &str = include_str!("../../../deploy/quickstart.toml");
 /// The demo deployment's name and branch in the template.
 pub(super) const DEMO_DEPLOYMENT: &str = "demo";
@@ -140,9 +140,13 @@ fn render(dir: &Path, listen: SocketAddr) -> anyhow::Result<String> {
         bail!("{dir:?} contains control characters: pass another --dir");
     }
     let dir = dir.replace('\\', "\\\\").replace('"', "\\\"");
+    // The demo runs sandboxed wherever bubblewrap works, and unsandboxed (said in the banner)
+    // elsewhere, so that the quickstart works on any machine.
+    let sandbox = crate::worker::sandbox::availability().is_ok();
     Ok(TEMPLATE
         .replace("{{DIR}}", &dir)
-        .replace("{{LISTEN}}", &listen.to_string()))
+        .replace("{{LISTEN}}", &listen.to_string())
+        .replace("{{SANDBOX}}", if sandbox { "true" } else { "false" }))
 }
 
 fn print_banner(dir: &Path, config_path: &Path, config: &Config) {
@@ -150,6 +154,10 @@ fn print_banner(dir: &Path, config_path: &Path, config: &Config) {
     let d = dir.display();
     let c = config_path.display();
     let listen = config.listen;
+    let sandbox = match crate::worker::sandbox::availability() {
+        Ok(()) => "on: the demo's commands run in bubblewrap".to_owned(),
+        Err(why) => format!("OFF for the demo (sandbox = false): {why}"),
+    };
     outln!(
         "durhack-deployer quickstart
 
@@ -159,6 +167,7 @@ fn print_banner(dir: &Path, config_path: &Path, config: &Config) {
   deployment   {DEMO_DEPLOYMENT} -> {d}/app  (runs build.sh, which writes built.txt)
   ledger       SQLite in {d}/state, local locks, no root, no helper
   webhook      http://{listen}/github-webhook
+  sandbox      {sandbox}
 
 In another terminal, add a commit to the demo repository and send the push GitHub would send:
 

@@ -17,6 +17,8 @@ const STAMP: &[FormatItem<'static>] =
 pub struct RunLog {
     path: PathBuf,
     file: Mutex<File>,
+    /// Values masked wherever a line holds them (see [`RunLog::redacting`]).
+    redact: Vec<crate::config::Secret>,
 }
 
 impl RunLog {
@@ -28,7 +30,19 @@ impl RunLog {
         Ok(Self {
             path,
             file: Mutex::new(file),
+            redact: Vec::new(),
         })
+    }
+
+    /// Masks `secrets` (the webhook secret, the GitHub token) as `***` wherever a line holds
+    /// them: a build may print them (one with `sandbox = false` can read them), and run logs
+    /// outlive the run.
+    pub fn redacting(mut self, secrets: impl IntoIterator<Item = crate::config::Secret>) -> Self {
+        self.redact = secrets
+            .into_iter()
+            .filter(|s| !s.expose().is_empty())
+            .collect();
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -38,6 +52,16 @@ impl RunLog {
     /// Appends one line (or several, if `text` has newlines), each with the current time.
     /// A failing log write must not fail the deploy, so it is only reported.
     pub fn line(&self, text: &str) {
+        let text = self
+            .redact
+            .iter()
+            .fold(std::borrow::Cow::Borrowed(text), |t, secret| {
+                if t.contains(secret.expose()) {
+                    std::borrow::Cow::Owned(t.replace(secret.expose(), "***"))
+                } else {
+                    t
+                }
+            });
         let stamp = OffsetDateTime::now_utc()
             .format(STAMP)
             .unwrap_or_else(|_| "?".into());

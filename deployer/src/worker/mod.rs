@@ -34,6 +34,7 @@ mod record;
 mod release;
 mod retry;
 mod run;
+pub mod sandbox;
 mod sites;
 
 use std::path::PathBuf;
@@ -99,13 +100,14 @@ pub fn restart_requested() -> bool {
     RESTART_REQUESTED.load(Ordering::SeqCst)
 }
 
-/// The file a self-updating deployment touches to ask for a restart.
-pub fn restart_file(config: &Config) -> PathBuf {
-    config.state_dir.join("restart-requested")
+/// The file a self-updating deployment touches to ask for a restart: in its home, the one
+/// place outside its tree that its sandboxed commands can write.
+pub fn restart_file(config: &Config, deployment: &Deployment) -> PathBuf {
+    sandbox::home(config, deployment).join(".durhack-deployer-restart-requested")
 }
 
-fn check_restart_request(config: &Config, log: &self::log::RunLog) {
-    let file = restart_file(config);
+fn check_restart_request(config: &Config, deployment: &Deployment, log: &self::log::RunLog) {
+    let file = restart_file(config, deployment);
     if std::fs::remove_file(&file).is_ok() {
         log.line("restart requested: the deployer restarts once running deploys finish");
         tracing::info!("self-update: restart requested");
@@ -135,6 +137,7 @@ pub async fn start_supervised(
     let github = StatusClient::from_config(&config);
     let helper = sites::Helper::new(&config.helper_socket);
     settle_removed_deployments(&config, &ledger).await;
+    announce_sandbox(&config);
     let mut handles = Vec::new();
     for deployment in config.enabled_deployments() {
         let dir = deploy_queue_dir(&config, &deployment.name);
@@ -156,6 +159,21 @@ pub async fn start_supervised(
         )));
     }
     Ok(WorkerSet { handles })
+}
+
+/// Says, for each enabled deployment, whether its commands run in the sandbox; loudly when not.
+fn announce_sandbox(config: &Config) {
+    if let Err(why) = sandbox::availability()
+        && config.enabled_deployments().any(|d| d.sandbox)
+    {
+        tracing::error!(%why, "the build sandbox is unavailable: runs of sandboxed deployments will fail until bubblewrap works (or the deployment sets sandbox = false)");
+    }
+    for d in config.enabled_deployments() {
+        match sandbox::describe(d) {
+            (true, message) => tracing::warn!(deployment = %d.name, "{message}"),
+            (false, message) => tracing::info!(deployment = %d.name, "{message}"),
+        }
+    }
 }
 
 /// Entries left in the queue of a deployment that is no longer in the config (renamed or

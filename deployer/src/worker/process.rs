@@ -142,23 +142,69 @@ fn redact_userinfo(arg: &str) -> String {
     }
 }
 
+/// How a deployment's command is confined (see [`super::sandbox`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Confinement<'a> {
+    /// Prepended to the command's argv: the sandbox (`bwrap ... --`); empty to run it directly.
+    pub prefix: &'a [String],
+}
+
+/// The program's name, as errors show a command: its arguments may hold tokens, and errors
+/// reach the ledger, the run page and GitHub's commit status.
+pub fn program_name(argv: &[String]) -> String {
+    let program = argv.first().map_or("", String::as_str);
+    Path::new(program)
+        .file_name()
+        .map_or_else(|| program.to_owned(), |n| n.to_string_lossy().into_owned())
+}
+
 /// Runs `spawn`; `cancel` stops it early (shutdown after the grace period, or a lost lock), with
-/// `why` carried into the error.
+/// `why` carried into the error. The command inherits the daemon's environment plus `env`.
 pub async fn run(
     spawn: Spawn<'_>,
     log: &Arc<RunLog>,
     cancel: &CancellationToken,
     why: &str,
 ) -> Result<(), ProcessError> {
-    let command = display_argv(spawn.argv);
-    log.line(&format!("$ {command}"));
+    run_with(spawn, None, log, cancel, why).await
+}
+
+/// Like [`run`], for a deployment's command: with `spawn.env` as its whole environment (nothing
+/// of the daemon's), inside `confinement`'s sandbox when it has one.
+pub async fn run_confined(
+    spawn: Spawn<'_>,
+    confinement: Confinement<'_>,
+    log: &Arc<RunLog>,
+    cancel: &CancellationToken,
+    why: &str,
+) -> Result<(), ProcessError> {
+    run_with(spawn, Some(confinement), log, cancel, why).await
+}
+
+async fn run_with(
+    spawn: Spawn<'_>,
+    confinement: Option<Confinement<'_>>,
+    log: &Arc<RunLog>,
+    cancel: &CancellationToken,
+    why: &str,
+) -> Result<(), ProcessError> {
+    log.line(&format!("$ {}", display_argv(spawn.argv)));
+    let command = program_name(spawn.argv);
     let spawn_err = |source| ProcessError::Spawn {
-        program: spawn.argv[0].clone(),
+        program: command.clone(),
         source,
     };
     let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
-    let mut cmd = tokio::process::Command::new(&spawn.argv[0]);
-    cmd.args(&spawn.argv[1..])
+    let full: Vec<&String> = confinement
+        .map_or(&[][..], |c| c.prefix)
+        .iter()
+        .chain(spawn.argv)
+        .collect();
+    let mut cmd = tokio::process::Command::new(full[0]);
+    if confinement.is_some() {
+        cmd.env_clear();
+    }
+    cmd.args(&full[1..])
         .current_dir(spawn.cwd)
         .envs(spawn.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())

@@ -432,7 +432,7 @@ impl Worker {
             .await?;
         let built = async {
             releases.link_shared(&dir, &d.shared)?;
-            let env = self.command_env(p, sha);
+            let env = self.command_env(p, sha)?;
             self.run_commands(a, &d.commands, &dir, &env).await
         }
         .await;
@@ -513,7 +513,7 @@ impl Worker {
         releases.switch(&info.run)?;
         a.log
             .line(&format!("current -> releases/{} ({})", info.run, info.sha));
-        let env = self.command_env(p, &info.sha);
+        let env = self.command_env(p, &info.sha)?;
         self.run_commands(a, &d.restart, &releases.current_link(), &env)
             .await?;
         // Site paths are relative to the release root; they are read from the live release.

@@ -10,9 +10,10 @@ use tracing::Instrument;
 use super::coalesce::{self, Candidate, Decision};
 use super::git::{GitError, Repo};
 use super::log::RunLog;
-use super::process::{self, ProcessError, Spawn};
+use super::process::{self, Confinement, ProcessError, Spawn};
 use super::release::{self, ROLLBACK_SOURCE, ReleaseError};
 use super::retry::Backoff;
+use super::sandbox::{self, SandboxError};
 use super::sites::{self, SiteError};
 use super::{Run, RunStatus, Worker};
 use crate::config::{CommandSpec, Deployment, Layout};
@@ -60,6 +61,8 @@ pub(super) enum StepError {
     OutOfTime(Duration),
     #[error("{0}")]
     Release(#[from] ReleaseError),
+    #[error("{0}")]
+    Sandbox(#[from] SandboxError),
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -187,8 +190,10 @@ impl Worker {
             .logs_dir()
             .join(&d.name)
             .join(format!("{run_id}.log"));
+        let secrets = std::iter::once(self.config.github.webhook_secret.clone())
+            .chain(self.config.github.token.clone());
         let log = match RunLog::create(log_path.clone()) {
-            Ok(log) => Arc::new(log),
+            Ok(log) => Arc::new(log.redacting(secrets)),
             Err(e) => {
                 let error = format!("cannot create the run log {}: {e}", log_path.display());
                 tracing::error!("{error}");
@@ -509,7 +514,7 @@ impl Worker {
                     },
                 )
                 .await;
-                super::check_restart_request(&self.config, log);
+                super::check_restart_request(&self.config, &self.deployment, log);
                 Disposition::Complete
             }
             RunStatus::Cancelled => {
@@ -542,33 +547,39 @@ impl Worker {
         let (repo, log, cancel) = (a.repo, a.log, a.cancel);
         repo.checkout(sha, log, cancel, a.remaining()).await?;
         let changed = self.changed_since(repo, deployed, sha, log).await?;
-        let env = self.command_env(p, sha);
+        let env = self.command_env(p, sha)?;
         self.run_commands(a, &d.commands, &d.path, &env).await?;
         self.run_commands(a, &d.restart, &d.path, &env).await?;
         self.publish_sites(a, d, changed.as_deref()).await
     }
 
-    /// The environment of a deployment's commands.
-    pub(super) fn command_env(&self, p: &Pending, sha: &str) -> Vec<(String, String)> {
+    /// The environment of a deployment's commands, built from nothing (see `sandbox::command_env`),
+    /// with their home made ready.
+    pub(super) fn command_env(
+        &self,
+        p: &Pending,
+        sha: &str,
+    ) -> Result<Vec<(String, String)>, StepError> {
         let d = &self.deployment;
-        let mut env: Vec<(String, String)> =
-            d.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        env.extend([
+        let home = sandbox::home(&self.config, d);
+        sandbox::ensure_home(&home)?;
+        let deploy_vars: Vec<(String, String)> = vec![
             ("DEPLOY_NAME".into(), d.name.clone()),
             ("DEPLOY_SHA".into(), sha.to_owned()),
             ("DEPLOY_REF".into(), format!("refs/heads/{}", d.branch)),
             ("DEPLOY_DELIVERY".into(), p.req.delivery.clone()),
             (
                 "DEPLOY_RESTART_FILE".into(),
-                super::restart_file(&self.config)
+                super::restart_file(&self.config, d)
                     .to_string_lossy()
                     .into_owned(),
             ),
-        ]);
-        env
+        ];
+        Ok(sandbox::command_env(d, &home, &deploy_vars))
     }
 
-    /// Runs `specs` in order in `cwd`, each within what is left of the deployment's timeout.
+    /// Runs `specs` in order in `cwd` (the working tree, or a release), each within what is left
+    /// of the deployment's timeout, in the sandbox unless the deployment turned it off.
     pub(super) async fn run_commands(
         &self,
         a: &Attempt<'_>,
@@ -577,6 +588,21 @@ impl Worker {
         env: &[(String, String)],
     ) -> Result<(), StepError> {
         let d = &self.deployment;
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let prefix = if d.sandbox {
+            if let Err(why) = sandbox::availability() {
+                a.log
+                    .line(&format!("! the build sandbox is unavailable: {why}"));
+                return Err(SandboxError::Unavailable(why.to_owned()).into());
+            }
+            let home = sandbox::home(&self.config, d);
+            sandbox::bwrap_prefix(&self.config, d, &home, cwd)
+        } else {
+            a.log.line("sandbox = false: the commands run unsandboxed");
+            Vec::new()
+        };
         let pgid_file = process::pgid_file(&self.config.state_dir, &d.name);
         for spec in specs {
             let left = a.remaining();
@@ -584,7 +610,7 @@ impl Worker {
                 return Err(StepError::OutOfTime(d.timeout));
             }
             let timeout = spec.timeout.map_or(left, |t| t.min(left));
-            process::run(
+            process::run_confined(
                 Spawn {
                     argv: &spec.argv,
                     cwd,
@@ -592,6 +618,7 @@ impl Worker {
                     timeout,
                     pgid_file: Some(&pgid_file),
                 },
+                Confinement { prefix: &prefix },
                 a.log,
                 a.cancel,
                 "the deployer is shutting down or lost its lock",

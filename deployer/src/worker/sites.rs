@@ -33,6 +33,10 @@ pub enum SiteError {
     },
     #[error("site {site}: {reason}")]
     Invalid { site: String, reason: String },
+    #[error(
+        "site {site}: {path} leads out of the working tree (a symlink the build left?); refused"
+    )]
+    OutsideTree { site: String, path: PathBuf },
     #[error("privileged helper refused {verb}{site}: {code}: {detail}")]
     Refused {
         verb: &'static str,
@@ -283,6 +287,19 @@ pub async fn publish(
     for (site, rel) in &deployment.sites {
         let name = site_name(site)?;
         let path = deployment.path.join(rel);
+        // The daemon reads what the sandbox hides: a build could leave the conf (or a directory
+        // above it) as a symlink to the secret, whose text would come back in an error. Nothing
+        // of the build runs any more, so what is checked here is what is read.
+        if let (Ok(real), Ok(tree)) = (
+            std::fs::canonicalize(&path),
+            std::fs::canonicalize(&deployment.path),
+        ) && !real.starts_with(&tree)
+        {
+            return Err(SiteError::OutsideTree {
+                site: site.clone(),
+                path: rel.clone(),
+            });
+        }
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

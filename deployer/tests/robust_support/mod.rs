@@ -130,11 +130,14 @@ impl Setup {
             "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{d}/state\"\n{helper}{reconcile}{top}\n\
              [github]\nwebhook_secret_file = \"{d}/secret\"\n{github}\n"
         );
+        // `sandbox = false`: these commands coordinate through marker files outside their tree
+        // and report their pids; the sandbox has its own tests (sandbox_hostile_build.rs).
         for s in &deployments {
             let _ = write!(
                 text,
                 "\n[deployments.{name}]\nrepository = \"{repo}\"\nbranch = \"{branch}\"\n\
-                 path = \"{d}/deploy/{name}\"\nremote = \"{remote}\"\n{body}\n",
+                 path = \"{d}/deploy/{name}\"\nremote = \"{remote}\"\n\
+                 sandbox = false\n{body}\n",
                 name = s.name,
                 repo = s.repository,
                 branch = s.branch,

@@ -51,6 +51,9 @@ repository = "test-owner/app"
 branch = "{branch}"
 path = "{state}/app"
 remote = "{remote}"
+# These tests coordinate with their commands through files outside the tree and read the
+# commands' pids; the sandbox has its own tests (sandbox_hostile_build.rs).
+sandbox = false
 {body}
 "#,
         state = state.display(),
