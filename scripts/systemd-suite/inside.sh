@@ -168,6 +168,10 @@ listen = "127.0.0.1:3400"
 state_dir = "/var/lib/durhack-deployer"
 helper_socket = "/run/durhack-privhelper/privhelper.sock"
 public_url = "https://deploy.example.local"
+# Each step sends its own push and counts its runs; a start-up reconcile would deploy every
+# branch head at once (and the self-update deployment would restart the service mid-step).
+# Reconciliation has its own tests (deployer/tests/robust_reconcile.rs).
+reconcile_interval = "0"
 
 [github]
 webhook_secret_file = "/etc/durhack-deployer/webhook-secret"

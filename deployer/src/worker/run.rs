@@ -213,20 +213,20 @@ impl Worker {
                 return self.fail_all(&pending, &run_id, Some(&log), &error).await;
             }
         };
+        let attempt = Attempt {
+            id: &run_id,
+            repo: &repo,
+            log: &log,
+            started,
+            deadline,
+            cancel,
+            fence,
+            lock,
+        };
         // A rollback comes alone (see `handle_batch`) and needs no fetch: the release is here.
         if let [p] = pending.as_slice()
             && p.req.source == ROLLBACK_SOURCE
         {
-            let attempt = Attempt {
-                id: &run_id,
-                repo: &repo,
-                log: &log,
-                started,
-                deadline,
-                cancel,
-                fence,
-                lock,
-            };
             let disposition = self.deploy(&attempt, p, &p.req.sha, None).await;
             return vec![(p.entry.clone(), disposition)];
         }
@@ -386,16 +386,6 @@ impl Worker {
                 let _ = std::fs::remove_file(&log_path);
             }
             return out;
-        };
-        let attempt = Attempt {
-            id: &run_id,
-            repo: &repo,
-            log: &log,
-            started,
-            deadline,
-            cancel,
-            fence,
-            lock,
         };
         let disposition = self
             .deploy(&attempt, &chosen, &target, deployed.as_deref())
