@@ -847,7 +847,10 @@ impl Fixture {
 
     fn release_results(&self, release: &Path) -> BTreeMap<String, String> {
         let text = std::fs::read_to_string(release.join("results.txt")).unwrap();
-        assert!(text.ends_with("DONE\n"), "the build ran to its end:\n{text}");
+        assert!(
+            text.ends_with("DONE\n"),
+            "the build ran to its end:\n{text}"
+        );
         text.lines()
             .filter_map(|l| l.split_once(' '))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -908,7 +911,11 @@ fn a_sandboxed_release_build_writes_only_its_release_shared_and_home() {
         );
     }
     for ok in ["shared-write", "home-write"] {
-        assert_eq!(results.get(ok).map(String::as_str), Some("ok"), "{results:?}");
+        assert_eq!(
+            results.get(ok).map(String::as_str),
+            Some("ok"),
+            "{results:?}"
+        );
     }
     // And on the host.
     assert_eq!(
@@ -973,5 +980,9 @@ fn a_symlink_planted_in_shared_does_not_lead_the_daemon_outside() {
     assert!(
         outside.is_empty(),
         "the daemon wrote {outside:?} outside the deployment, through shared/conf:\n{log}"
+    );
+    assert!(
+        log.contains("shared path conf/sub: a parent in shared is not a directory"),
+        "{log}"
     );
 }
