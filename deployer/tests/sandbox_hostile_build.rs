@@ -819,7 +819,12 @@ fn releases_repo(f: &Fixture, files: &[(&str, &str)]) -> Remote {
         .unwrap()
         .replace("REMOTE_C", &repo.url())
         .replace("ROOT", &root);
-    std::fs::write(&config_path, config).unwrap();
+    // No reconcile run at start-up: the tests count c's runs.
+    std::fs::write(
+        &config_path,
+        format!("reconcile_interval = \"0\"\n{config}"),
+    )
+    .unwrap();
     repo
 }
 
@@ -984,5 +989,47 @@ fn a_symlink_planted_in_shared_does_not_lead_the_daemon_outside() {
     assert!(
         log.contains("shared path conf/sub: a parent in shared is not a directory"),
         "{log}"
+    );
+}
+
+/// A deploy key (`ssh_key_file`) is a credential like the token: a build must not read it, nor
+/// another deployment's, wherever the operator keeps it (here outside the config directory).
+#[test]
+fn a_build_cannot_read_a_deploy_key() {
+    if !prerequisites() {
+        return;
+    }
+    const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nsbx-deploy-key-7d1e\n";
+    let mut f = Fixture::new(
+        true,
+        r#"
+[deployments.c]
+repository = "sbx/c"
+branch = "main"
+remote = "REMOTE_C"
+path = "ROOT/www/c"
+ssh_key_file = "ROOT/keys/c-key"
+commands = [["sh", "-c", "cat ROOT/keys/c-key > $HOME/stolen.txt; ls ROOT/keys > $HOME/listed.txt; true"]]
+"#,
+    );
+    mkdir_owned(&f.p("keys"), f.uid, f.gid, 0o700);
+    std::fs::write(f.p("keys/c-key"), KEY).unwrap();
+    chown(f.p("keys/c-key"), Some(f.uid), Some(f.gid)).unwrap();
+    std::fs::set_permissions(f.p("keys/c-key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _repo_c = third_repo(&f);
+    f.start();
+    f.deploy("c");
+    let log = f.run_log("c");
+    assert!(log.contains(": success in"), "{log}\n{}", f.daemon_log());
+    // In the home: a second run (reconcile's) may clean the tree meanwhile.
+    let stolen = std::fs::read_to_string(f.p("state/homes/c/stolen.txt")).expect(&log);
+    assert!(
+        !stolen.contains("sbx-deploy-key"),
+        "the build read its deploy key"
+    );
+    let listed = std::fs::read_to_string(f.p("state/homes/c/listed.txt")).unwrap();
+    assert!(
+        !listed.contains("c-key"),
+        "the build listed the keys: {listed}"
     );
 }
