@@ -7,8 +7,9 @@
 //! namespaces. Hidden behind empty tmpfs mounts: `state_dir` (queues, ledger, locks, logs,
 //! process-group records), the helper socket's directory, the config directory, and every other
 //! deployment's `path` (a build has no reason to read another app's `.env` or to change its
-//! tree, so hidden rather than read-only); the config, secret and token files themselves are
-//! covered by `/dev/null` too, wherever they live. The network is kept: builds fetch packages.
+//! tree, so hidden rather than read-only); the config, secret and token files and every
+//! deployment's deploy key (`ssh_key_file`, with its directory) are covered by `/dev/null` too,
+//! wherever they live. The network is kept: builds fetch packages.
 //! The tree's `.git` is read-only: the daemon's own git commands run there, outside the sandbox.
 //! `allow_sockets` paths are bound read-write last, so they stay reachable even inside a hidden
 //! directory: they are holes, on purpose (PM2's `$PM2_HOME`). The hiding tmpfs mounts are then
@@ -251,6 +252,13 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path, cwd: &Path) ->
     files.extend(ledger.as_deref());
     files.extend(config.github.webhook_secret_file.as_deref());
     files.extend(config.github.token_file.as_deref());
+    // Every deployment's deploy key, this one's too: git fetches outside the sandbox.
+    let keys: Vec<&Path> = config
+        .deployments
+        .values()
+        .filter_map(|o| o.ssh_key_file.as_deref())
+        .collect();
+    files.extend(keys.iter().copied());
     for file in files {
         for f in with_canonical(file) {
             if f.is_file() {
@@ -284,6 +292,7 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path, cwd: &Path) ->
     let mut secret_dirs: Vec<&Path> = vec![&config.config_file];
     secret_dirs.extend(config.github.webhook_secret_file.as_deref());
     secret_dirs.extend(config.github.token_file.as_deref());
+    secret_dirs.extend(keys.iter().copied());
     hidden.extend(
         secret_dirs
             .into_iter()
