@@ -1033,3 +1033,37 @@ commands = [["sh", "-c", "cat ROOT/keys/c-key > $HOME/stolen.txt; ls ROOT/keys >
         "the build listed the keys: {listed}"
     );
 }
+
+/// A build's output reaches the operator's terminal through `durhack-deployer logs`: terminal
+/// control sequences in it (OSC 52 writes the operator's clipboard, CSI clears the screen, a bare
+/// carriage return overwrites a line with a fake one) must arrive inert.
+#[test]
+fn a_build_cannot_send_control_sequences_to_the_operators_terminal() {
+    if !prerequisites() {
+        return;
+    }
+    let mut f = Fixture::new(
+        true,
+        r#"
+[deployments.c]
+repository = "sbx/c"
+branch = "main"
+remote = "REMOTE_C"
+path = "ROOT/www/c"
+commands = [["sh", "-c", "printf 'a\\033]52;c;aGk=\\007b\\033[2Jc\\rrun fake: success in 0s\\n'; exit 1"]]
+"#,
+    );
+    let _repo_c = third_repo(&f);
+    f.start();
+    f.deploy("c");
+    let log = f.run_log("c");
+    assert!(log.contains("run fake: success in 0s"), "the build printed:\n{log}");
+    let out = f.deployer(&["logs", "c"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    for c in ['\u{1b}', '\u{7}', '\r'] {
+        assert!(
+            !shown.contains(c),
+            "`logs` passes {c:?} from the build to the terminal:\n{shown:?}"
+        );
+    }
+}
