@@ -1057,7 +1057,10 @@ commands = [["sh", "-c", "printf 'a\\033]52;c;aGk=\\007b\\033[2Jc\\rrun fake: su
     f.start();
     f.deploy("c");
     let log = f.run_log("c");
-    assert!(log.contains("run fake: success in 0s"), "the build printed:\n{log}");
+    assert!(
+        log.contains("run fake: success in 0s"),
+        "the build printed:\n{log}"
+    );
     let out = f.deployer(&["logs", "c"]).output().unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
     for c in ['\u{1b}', '\u{7}', '\r'] {
