@@ -303,6 +303,9 @@ impl Fixture {
         let d = r.display();
         let config = format!(
             r#"listen = "127.0.0.1:0"
+# No reconcile run at start-up beside the test's own `deploy`: its checkout would clean the
+# tree (results.txt) under the test.
+reconcile_interval = "0"
 state_dir = "{d}/state"
 helper_socket = "{d}/helper/privhelper.sock"
 
@@ -703,7 +706,10 @@ commands = [{ argv = ["sh", "-c", "sleep 6061 & echo started > started.txt; slee
     wait_for("c's build to start", Duration::from_secs(60), || {
         f.p("www/c/started.txt").exists()
     });
-    assert_eq!(sleepers().len(), 2, "both sleepers run: {:?}", sleepers());
+    // started.txt is written before the second sleeper is exec'd.
+    wait_for("both sleepers to run", Duration::from_secs(30), || {
+        sleepers().len() == 2
+    });
     let log = f.run_log("c");
     assert!(log.contains("`sh` timed out after 3s"), "{log}");
     wait_for(
@@ -819,12 +825,7 @@ fn releases_repo(f: &Fixture, files: &[(&str, &str)]) -> Remote {
         .unwrap()
         .replace("REMOTE_C", &repo.url())
         .replace("ROOT", &root);
-    // No reconcile run at start-up: the tests count c's runs.
-    std::fs::write(
-        &config_path,
-        format!("reconcile_interval = \"0\"\n{config}"),
-    )
-    .unwrap();
+    std::fs::write(&config_path, config).unwrap();
     repo
 }
 
@@ -1021,7 +1022,6 @@ commands = [["sh", "-c", "cat ROOT/keys/c-key > $HOME/stolen.txt; ls ROOT/keys >
     f.deploy("c");
     let log = f.run_log("c");
     assert!(log.contains(": success in"), "{log}\n{}", f.daemon_log());
-    // In the home: a second run (reconcile's) may clean the tree meanwhile.
     let stolen = std::fs::read_to_string(f.p("state/homes/c/stolen.txt")).expect(&log);
     assert!(
         !stolen.contains("sbx-deploy-key"),
