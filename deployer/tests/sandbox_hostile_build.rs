@@ -1070,3 +1070,47 @@ commands = [["sh", "-c", "printf 'a\\033]52;c;aGk=\\007b\\033[2Jc\\rrun fake: su
         );
     }
 }
+
+/// A remote URL may carry credentials (the run log masks them): the daemon's clone keeps the URL
+/// in the git config (`.git/config` in place, `path/repo/.git/config` in the releases layout),
+/// which a build must not read.
+#[test]
+fn a_build_cannot_read_the_remotes_credentials_from_the_git_config() {
+    if !prerequisites() {
+        return;
+    }
+    let mut f = Fixture::new(
+        true,
+        r#"
+[deployments.c]
+repository = "sbx/c"
+branch = "main"
+remote = "file://deploy:remote-pass-31c7@localhostREMOTE_C"
+path = "ROOT/www/c"
+commands = [["sh", "-c", "cat .git/config > $HOME/in-place.txt; git rev-parse HEAD > $HOME/head.txt"]]
+
+[deployments.d]
+repository = "sbx/c"
+branch = "main"
+remote = "file://deploy:remote-pass-31c7@localhostREMOTE_C"
+path = "ROOT/www/d"
+layout = "releases"
+commands = [["sh", "-c", "cat ../../repo/.git/config > $HOME/releases.txt; git rev-parse HEAD > $HOME/head.txt"]]
+"#,
+    );
+    let _repo_c = third_repo(&f);
+    f.start();
+    for (name, file) in [("c", "in-place.txt"), ("d", "releases.txt")] {
+        f.deploy(name);
+        let log = f.run_log(name);
+        assert!(log.contains(": success in"), "{log}\n{}", f.daemon_log());
+        assert!(!log.contains("remote-pass-31c7"), "{log}");
+        let read = std::fs::read_to_string(f.p(&format!("state/homes/{name}/{file}"))).unwrap();
+        assert!(
+            !read.contains("remote-pass-31c7"),
+            "{name}'s build read the remote's password:\n{read}"
+        );
+        let head = std::fs::read_to_string(f.p(&format!("state/homes/{name}/head.txt"))).unwrap();
+        assert_eq!(head.trim().len(), 40, "git still works in the build: {head}");
+    }
+}
