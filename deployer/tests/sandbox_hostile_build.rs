@@ -1111,6 +1111,10 @@ commands = [["sh", "-c", "cat ../../repo/.git/config > $HOME/releases.txt; git r
             "{name}'s build read the remote's password:\n{read}"
         );
         let head = std::fs::read_to_string(f.p(&format!("state/homes/{name}/head.txt"))).unwrap();
-        assert_eq!(head.trim().len(), 40, "git still works in the build: {head}");
+        assert_eq!(
+            head.trim().len(),
+            40,
+            "git still works in the build: {head}"
+        );
     }
 }

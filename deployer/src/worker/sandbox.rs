@@ -11,6 +11,8 @@
 //! deployment's deploy key (`ssh_key_file`, with its directory) are covered by `/dev/null` too,
 //! wherever they live. The network is kept: builds fetch packages.
 //! The tree's `.git` is read-only: the daemon's own git commands run there, outside the sandbox.
+//! Its git config (`.git/config`, or `path/repo/.git/config` for releases), which holds the
+//! remote's URL and so any credentials in it, reads as empty.
 //! `allow_sockets` paths are bound read-write last, so they stay reachable even inside a hidden
 //! directory: they are holes, on purpose (PM2's `$PM2_HOME`). The hiding tmpfs mounts are then
 //! made read-only: nothing can be written where the machinery was.
@@ -340,6 +342,20 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path, cwd: &Path) ->
             args.extend(["--ro-bind".into(), arg(&git), arg(&git)]);
         }
     }
+    // The git config holds the remote's URL, credentials and all: covered, like the token, by
+    // an empty file (git inside refuses an unreadable config, and a bound /dev/null is one:
+    // bwrap binds with nodev). A build has no use for the remote.
+    let git_config = match d.layout {
+        Layout::InPlace => d.path.join(".git").join("config"),
+        Layout::Releases => d.path.join("repo").join(".git").join("config"),
+    };
+    if git_config.is_file() {
+        args.extend([
+            "--ro-bind".into(),
+            arg(&empty_file(config)),
+            arg(&git_config),
+        ]);
+    }
     // Another deployment's tree inside ours (or state_dir inside the tree) is hidden after.
     let nested: Vec<&PathBuf> = hidden.iter().filter(|p| inside_writable(p)).collect();
     for dir in &nested {
@@ -360,6 +376,21 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path, cwd: &Path) ->
     }
     args.extend(["--chdir".into(), arg(cwd), "--".into()]);
     args
+}
+
+/// An empty file of the daemon's, in `state_dir`, to cover a file with; `/dev/null` if it cannot
+/// be made (which hides as well, but reads as an error).
+fn empty_file(config: &Config) -> PathBuf {
+    let file = config.state_dir.join("sandbox-empty");
+    let made = match std::fs::symlink_metadata(&file) {
+        Ok(m) => m.is_file() && m.len() == 0,
+        Err(_) => std::fs::write(&file, "").is_ok(),
+    };
+    if made {
+        file
+    } else {
+        PathBuf::from("/dev/null")
+    }
 }
 
 /// What the daemon says at start-up about the sandbox for each deployment, with a warning flag.
