@@ -303,6 +303,9 @@ impl Fixture {
         let d = r.display();
         let config = format!(
             r#"listen = "127.0.0.1:0"
+# No reconcile run at start-up beside the test's own `deploy`: its checkout would clean the
+# tree (results.txt) under the test.
+reconcile_interval = "0"
 state_dir = "{d}/state"
 helper_socket = "{d}/helper/privhelper.sock"
 # The test sends each push itself once the daemon's pid is in the build's home; a start-up
@@ -706,7 +709,10 @@ commands = [{ argv = ["sh", "-c", "sleep 6061 & echo started > started.txt; slee
     wait_for("c's build to start", Duration::from_secs(60), || {
         f.p("www/c/started.txt").exists()
     });
-    assert_eq!(sleepers().len(), 2, "both sleepers run: {:?}", sleepers());
+    // started.txt is written before the second sleeper is exec'd.
+    wait_for("both sleepers to run", Duration::from_secs(30), || {
+        sleepers().len() == 2
+    });
     let log = f.run_log("c");
     assert!(log.contains("`sh` timed out after 3s"), "{log}");
     wait_for(
@@ -751,4 +757,367 @@ sites = { demo = "site.conf" }
         assert!(!String::from_utf8_lossy(out).contains(FILE_SECRET));
     }
     assert_eq!(f.helper.accepted(), 0, "nothing was sent to the helper");
+}
+
+/// Deployment `c` in the releases layout, sandboxed, building with the committed `build.sh`
+/// (`ROOT` in it and in the config is the fixture's root); `conf/sub` is a shared entry.
+const RELEASES_C: &str = r#"
+[deployments.c]
+repository = "sbx/c"
+branch = "main"
+remote = "REMOTE_C"
+path = "ROOT/www/c"
+layout = "releases"
+shared = ["conf/sub"]
+commands = [["sh", "build.sh"]]
+"#;
+
+/// The releases layout's build: one line per attempt into its release's `results.txt`.
+const RELEASES_BUILD: &str = r##"
+D='ROOT/www/c'
+OUT='ROOT/outside'
+out=results.txt
+: > "$out"
+try() {
+    name=$1; shift
+    if "$@" >/dev/null 2>&1; then echo "$name ESCAPED" >> "$out"; else echo "$name blocked" >> "$out"; fi
+}
+me=$(basename "$PWD")
+for r in "$D"/releases/*; do
+    case "$r" in *.complete) continue ;; esac
+    [ "$(basename "$r")" = "$me" ] && continue
+    try other-release-write touch "$r/hostile"
+    try other-release-dotgit-write sh -c 'echo "gitdir: /tmp" > "$1/.git"' - "$r"
+    try other-marker-write sh -c 'echo x >> "$1.complete"' - "$r"
+done
+try own-marker-write sh -c 'echo "{\"run\":\"$1\",\"sha\":\"x\",\"seq\":99}" > "../$1.complete"' - "$me"
+try current-write ln -sfn "$OUT" "$D/current"
+try path-write touch "$D/hostile"
+try releases-dir-write touch "$D/releases/hostile"
+try repo-write touch "$D/repo/hostile"
+try repo-config-write git -C "$D/repo" config core.fsmonitor "touch $OUT/fsmonitor"
+try repo-hook-write sh -c 'echo "#!/bin/sh" > "$1/.git/hooks/post-checkout"' - "$D/repo"
+try worktree-gitdir-write sh -c 'g=$(sed "s/^gitdir: //" .git); echo "[core]" > "$g/config.worktree"'
+try dotgit-file-write sh -c 'echo "gitdir: /tmp" > .git'
+try outside-write touch "$OUT/hostile"
+echo "$me" > "$D/shared/ran-$me" && echo "shared-write ok" >> "$out"
+echo "$me" > "$HOME/ran-$me" && echo "home-write ok" >> "$out"
+if [ -e plant ]; then
+    rm -rf "$D/shared/conf" && ln -s "$OUT" "$D/shared/conf" && echo "planted ok" >> "$out"
+fi
+echo DONE >> "$out"
+"##;
+
+/// A repository for deployment `c` with `files` (`ROOT` filled in), readable by the daemon's user;
+/// the config's `REMOTE_C` and `ROOT` filled in.
+fn releases_repo(f: &Fixture, files: &[(&str, &str)]) -> Remote {
+    let root = f.root.path().display().to_string();
+    let files: Vec<(&str, String)> = files
+        .iter()
+        .map(|(p, c)| (*p, c.replace("ROOT", &root)))
+        .collect();
+    let repo = Remote::new("main");
+    let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    repo.commit("c", &refs);
+    repo.push();
+    let top = repo.bare().parent().unwrap().to_owned();
+    std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_tree(&repo.bare(), f.uid, f.gid);
+    let config_path = f.p("etc/config.toml");
+    let config = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("REMOTE_C", &repo.url())
+        .replace("ROOT", &root);
+    std::fs::write(&config_path, config).unwrap();
+    repo
+}
+
+impl Fixture {
+    /// Deploys `name` and waits for its `n`th run to end; returns its run logs.
+    fn deploy_nth(&self, name: &str, n: usize) -> String {
+        self.deploy(name);
+        let dir = self.p(&format!("state/logs/{name}"));
+        let mut text = String::new();
+        wait_for(
+            &format!("{name}'s run {n} to end"),
+            Duration::from_secs(120),
+            || {
+                text = std::fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect();
+                text.matches(": success in").count() + text.matches(": failed: ").count() >= n
+            },
+        );
+        text
+    }
+
+    fn release_results(&self, release: &Path) -> BTreeMap<String, String> {
+        let text = std::fs::read_to_string(release.join("results.txt")).unwrap();
+        assert!(
+            text.ends_with("DONE\n"),
+            "the build ran to its end:\n{text}"
+        );
+        text.lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// Push a new commit to `repo` (so that `c` builds a new release) owned by the daemon's user.
+    fn push_again(&self, repo: &Remote, files: &[(&str, &str)]) {
+        chown_tree(&repo.bare(), 0, 0);
+        repo.commit("again", files);
+        repo.push();
+        chown_tree(&repo.bare(), self.uid, self.gid);
+    }
+}
+
+/// The releases layout under the sandbox: a build writes its own release, `path/shared` and its
+/// home, and nothing else of the layout: not the other releases (nor their `.git` files), not the
+/// completion markers (its own included), not `current`, not `path/repo` (its config, hooks, the
+/// worktree's git dir). Checked over two runs, so that the second build has a release to attack.
+#[test]
+fn a_sandboxed_release_build_writes_only_its_release_shared_and_home() {
+    if !prerequisites() {
+        return;
+    }
+    let mut f = Fixture::new(true, RELEASES_C);
+    let repo = releases_repo(&f, &[("build.sh", RELEASES_BUILD), ("conf/sub", "x")]);
+    f.start();
+    let log = f.deploy_nth("c", 1);
+    assert!(log.contains(": success in"), "{log}\n{}", f.daemon_log());
+    let first = std::fs::canonicalize(f.p("www/c/current")).unwrap();
+    let first_marker = std::fs::read_to_string(first.with_extension("complete")).unwrap();
+    f.push_again(&repo, &[("index.html", "2")]);
+    let log = f.deploy_nth("c", 2);
+    assert_eq!(log.matches(": success in").count(), 2, "{log}");
+    let second = std::fs::canonicalize(f.p("www/c/current")).unwrap();
+    assert_ne!(first, second, "the second run made a release of its own");
+
+    let results = f.release_results(&second);
+    for attempt in [
+        "other-release-write",
+        "other-release-dotgit-write",
+        "other-marker-write",
+        "own-marker-write",
+        "current-write",
+        "path-write",
+        "releases-dir-write",
+        "repo-write",
+        "repo-config-write",
+        "repo-hook-write",
+        "worktree-gitdir-write",
+        "dotgit-file-write",
+        "outside-write",
+    ] {
+        assert_eq!(
+            results.get(attempt).map(String::as_str),
+            Some("blocked"),
+            "attempt {attempt}: {results:?}"
+        );
+    }
+    for ok in ["shared-write", "home-write"] {
+        assert_eq!(
+            results.get(ok).map(String::as_str),
+            Some("ok"),
+            "{results:?}"
+        );
+    }
+    // And on the host.
+    assert_eq!(
+        std::fs::read_to_string(first.with_extension("complete")).unwrap(),
+        first_marker
+    );
+    assert!(!first.join("hostile").exists());
+    assert!(!f.p("www/c/hostile").exists());
+    assert!(!f.p("www/c/releases/hostile").exists());
+    assert!(!f.p("www/c/repo/hostile").exists());
+    assert!(!f.p("outside/hostile").exists());
+    assert!(
+        !std::fs::read_to_string(f.p("www/c/repo/.git/config"))
+            .unwrap()
+            .contains("fsmonitor")
+    );
+    for release in [&first, &second] {
+        let dotgit = std::fs::read_to_string(release.join(".git")).unwrap();
+        assert!(dotgit.contains("www/c/repo/.git/worktrees/"), "{dotgit}");
+    }
+}
+
+/// `path/shared` is the build's to write, but the daemon links shared entries into the next
+/// release, unsandboxed: a directory of `shared` that a build replaced with a symlink must not
+/// lead the daemon's moves and mkdirs (`link_shared`) out of `shared`.
+#[test]
+fn a_symlink_planted_in_shared_does_not_lead_the_daemon_outside() {
+    if !prerequisites() {
+        return;
+    }
+    let mut f = Fixture::new(true, RELEASES_C);
+    let repo = releases_repo(
+        &f,
+        &[
+            ("build.sh", RELEASES_BUILD),
+            ("conf/sub", "[core]\n\tfsmonitor = touch ROOT/outside/ran\n"),
+            ("plant", ""),
+        ],
+    );
+    f.start();
+    let log = f.deploy_nth("c", 1);
+    assert!(log.contains(": success in"), "{log}\n{}", f.daemon_log());
+    let first = std::fs::canonicalize(f.p("www/c/current")).unwrap();
+    assert_eq!(
+        f.release_results(&first).get("planted").map(String::as_str),
+        Some("ok"),
+        "shared is writable, so the symlink is planted"
+    );
+    assert!(
+        std::fs::symlink_metadata(f.p("www/c/shared/conf"))
+            .unwrap()
+            .is_symlink()
+    );
+    // The next release's conf/sub (attacker-written, committed) is due to move into shared.
+    f.push_again(&repo, &[("index.html", "2")]);
+    let log = f.deploy_nth("c", 2);
+    let outside: Vec<_> = std::fs::read_dir(f.p("outside"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "the daemon wrote {outside:?} outside the deployment, through shared/conf:\n{log}"
+    );
+    assert!(
+        log.contains("shared path conf/sub: a parent in shared is not a directory"),
+        "{log}"
+    );
+}
+
+/// A deploy key (`ssh_key_file`) is a credential like the token: a build must not read it, nor
+/// another deployment's, wherever the operator keeps it (here outside the config directory).
+#[test]
+fn a_build_cannot_read_a_deploy_key() {
+    if !prerequisites() {
+        return;
+    }
+    const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nsbx-deploy-key-7d1e\n";
+    let mut f = Fixture::new(
+        true,
+        r#"
+[deployments.c]
+repository = "sbx/c"
+branch = "main"
+remote = "REMOTE_C"
+path = "ROOT/www/c"
+ssh_key_file = "ROOT/keys/c-key"
+commands = [["sh", "-c", "cat ROOT/keys/c-key > $HOME/stolen.txt; ls ROOT/keys > $HOME/listed.txt; true"]]
+"#,
+    );
+    mkdir_owned(&f.p("keys"), f.uid, f.gid, 0o700);
+    std::fs::write(f.p("keys/c-key"), KEY).unwrap();
+    chown(f.p("keys/c-key"), Some(f.uid), Some(f.gid)).unwrap();
+    std::fs::set_permissions(f.p("keys/c-key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _repo_c = third_repo(&f);
+    f.start();
+    f.deploy("c");
+    let log = f.run_log("c");
+    assert!(log.contains(": success in"), "{log}\n{}", f.daemon_log());
+    let stolen = std::fs::read_to_string(f.p("state/homes/c/stolen.txt")).expect(&log);
+    assert!(
+        !stolen.contains("sbx-deploy-key"),
+        "the build read its deploy key"
+    );
+    let listed = std::fs::read_to_string(f.p("state/homes/c/listed.txt")).unwrap();
+    assert!(
+        !listed.contains("c-key"),
+        "the build listed the keys: {listed}"
+    );
+}
+
+/// A build's output reaches the operator's terminal through `durhack-deployer logs`: terminal
+/// control sequences in it (OSC 52 writes the operator's clipboard, CSI clears the screen, a bare
+/// carriage return overwrites a line with a fake one) must arrive inert.
+#[test]
+fn a_build_cannot_send_control_sequences_to_the_operators_terminal() {
+    if !prerequisites() {
+        return;
+    }
+    let mut f = Fixture::new(
+        true,
+        r#"
+[deployments.c]
+repository = "sbx/c"
+branch = "main"
+remote = "REMOTE_C"
+path = "ROOT/www/c"
+commands = [["sh", "-c", "printf 'a\\033]52;c;aGk=\\007b\\033[2Jc\\rrun fake: success in 0s\\n'; exit 1"]]
+"#,
+    );
+    let _repo_c = third_repo(&f);
+    f.start();
+    f.deploy("c");
+    let log = f.run_log("c");
+    assert!(
+        log.contains("run fake: success in 0s"),
+        "the build printed:\n{log}"
+    );
+    let out = f.deployer(&["logs", "c"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    for c in ['\u{1b}', '\u{7}', '\r'] {
+        assert!(
+            !shown.contains(c),
+            "`logs` passes {c:?} from the build to the terminal:\n{shown:?}"
+        );
+    }
+}
+
+/// A remote URL may carry credentials (the run log masks them): the daemon's clone keeps the URL
+/// in the git config (`.git/config` in place, `path/repo/.git/config` in the releases layout),
+/// which a build must not read.
+#[test]
+fn a_build_cannot_read_the_remotes_credentials_from_the_git_config() {
+    if !prerequisites() {
+        return;
+    }
+    let mut f = Fixture::new(
+        true,
+        r#"
+[deployments.c]
+repository = "sbx/c"
+branch = "main"
+remote = "file://deploy:remote-pass-31c7@localhostREMOTE_C"
+path = "ROOT/www/c"
+commands = [["sh", "-c", "cat .git/config > $HOME/in-place.txt; git rev-parse HEAD > $HOME/head.txt"]]
+
+[deployments.d]
+repository = "sbx/c"
+branch = "main"
+remote = "file://deploy:remote-pass-31c7@localhostREMOTE_C"
+path = "ROOT/www/d"
+layout = "releases"
+commands = [["sh", "-c", "cat ../../repo/.git/config > $HOME/releases.txt; git rev-parse HEAD > $HOME/head.txt"]]
+"#,
+    );
+    let _repo_c = third_repo(&f);
+    f.start();
+    for (name, file) in [("c", "in-place.txt"), ("d", "releases.txt")] {
+        f.deploy(name);
+        let log = f.run_log(name);
+        assert!(log.contains(": success in"), "{log}\n{}", f.daemon_log());
+        assert!(!log.contains("remote-pass-31c7"), "{log}");
+        let read = std::fs::read_to_string(f.p(&format!("state/homes/{name}/{file}"))).unwrap();
+        assert!(
+            !read.contains("remote-pass-31c7"),
+            "{name}'s build read the remote's password:\n{read}"
+        );
+        let head = std::fs::read_to_string(f.p(&format!("state/homes/{name}/head.txt"))).unwrap();
+        assert_eq!(
+            head.trim().len(),
+            40,
+            "git still works in the build: {head}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! A run's log: `state_dir/logs/<deployment>/<run-id>.log`, one timestamped line per line of
-//! output, written the moment it is read so `logs --follow` shows a build as it happens.
+//! output, written the moment it is read so `logs --follow` shows a build as it happens; control
+//! characters (but tabs) are written escaped (`\u{1b}`), never raw.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -69,7 +70,16 @@ impl RunLog {
         for l in text.split('\n') {
             out.push_str(&stamp);
             out.push(' ');
-            out.push_str(l.strip_suffix('\r').unwrap_or(l));
+            // Control characters shown, not sent: `logs` prints these lines to the operator's
+            // terminal, where a build's escape sequences (or a carriage return over a fake line)
+            // would act.
+            for c in l.strip_suffix('\r').unwrap_or(l).chars() {
+                if c.is_control() && c != '\t' {
+                    out.extend(c.escape_default());
+                } else {
+                    out.push(c);
+                }
+            }
             out.push('\n');
         }
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());

@@ -242,24 +242,19 @@ impl Releases {
                 return Err(refuse("not a relative path inside the release"));
             }
             // Every directory on the way must be a real directory of the release: a committed
-            // symlink there would put the link (or the removal below) outside the release.
-            let mut parent = dir.to_path_buf();
-            for part in entry.parent().into_iter().flat_map(Path::components) {
-                parent.push(part);
-                match std::fs::symlink_metadata(&parent) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => return Err(refuse("a parent in the release is not a directory")),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        std::fs::create_dir(&parent).map_err(io(&parent))?;
-                    }
-                    Err(e) => return Err(io(&parent)(e)),
-                }
-            }
+            // symlink there would put the link (or the removal below) outside the release. The
+            // same in `shared`, which builds write: a symlink a build left there would lead the
+            // move (or the mkdir) below out of the deployment.
+            real_parents(dir, entry).map_err(|e| {
+                e.unwrap_or_else(|| refuse("a parent in the release is not a directory"))
+            })?;
+            let shared_dir = self.shared_dir();
+            std::fs::create_dir_all(&shared_dir).map_err(io(&shared_dir))?;
+            real_parents(&shared_dir, entry).map_err(|e| {
+                e.unwrap_or_else(|| refuse("a parent in shared is not a directory"))
+            })?;
             let in_release = dir.join(entry);
             let target = self.shared_dir().join(entry);
-            if let Some(p) = target.parent() {
-                std::fs::create_dir_all(p).map_err(io(p))?;
-            }
             let present = std::fs::symlink_metadata(&in_release).ok();
             if std::fs::symlink_metadata(&target).is_err() {
                 let seeded = present.as_ref().is_some_and(|m| !m.is_symlink())
@@ -348,6 +343,24 @@ impl Releases {
         repo.worktree_prune().await?;
         Ok(())
     }
+}
+
+/// Makes every parent of `entry` under `base` a real directory (creating the missing ones);
+/// `Err(None)` when one is something else (a symlink, a file).
+fn real_parents(base: &Path, entry: &Path) -> Result<(), Option<ReleaseError>> {
+    let mut parent = base.to_path_buf();
+    for part in entry.parent().into_iter().flat_map(Path::components) {
+        parent.push(part);
+        match std::fs::symlink_metadata(&parent) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&parent).map_err(|e| Some(io(&parent)(e)))?;
+            }
+            Err(e) => return Err(Some(io(&parent)(e))),
+        }
+    }
+    Ok(())
 }
 
 fn remove_path(path: &Path) -> Result<(), ReleaseError> {

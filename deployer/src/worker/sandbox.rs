@@ -7,9 +7,12 @@
 //! namespaces. Hidden behind empty tmpfs mounts: `state_dir` (queues, ledger, locks, logs,
 //! process-group records), the helper socket's directory, the config directory, and every other
 //! deployment's `path` (a build has no reason to read another app's `.env` or to change its
-//! tree, so hidden rather than read-only); the config, secret and token files themselves are
-//! covered by `/dev/null` too, wherever they live. The network is kept: builds fetch packages.
+//! tree, so hidden rather than read-only); the config, secret and token files and every
+//! deployment's deploy key (`ssh_key_file`, with its directory) are covered by `/dev/null` too,
+//! wherever they live. The network is kept: builds fetch packages.
 //! The tree's `.git` is read-only: the daemon's own git commands run there, outside the sandbox.
+//! Its git config (`.git/config`, or `path/repo/.git/config` for releases), which holds the
+//! remote's URL and so any credentials in it, reads as empty.
 //! `allow_sockets` paths are bound read-write last, so they stay reachable even inside a hidden
 //! directory: they are holes, on purpose (PM2's `$PM2_HOME`). The hiding tmpfs mounts are then
 //! made read-only: nothing can be written where the machinery was.
@@ -251,6 +254,13 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path, cwd: &Path) ->
     files.extend(ledger.as_deref());
     files.extend(config.github.webhook_secret_file.as_deref());
     files.extend(config.github.token_file.as_deref());
+    // Every deployment's deploy key, this one's too: git fetches outside the sandbox.
+    let keys: Vec<&Path> = config
+        .deployments
+        .values()
+        .filter_map(|o| o.ssh_key_file.as_deref())
+        .collect();
+    files.extend(keys.iter().copied());
     for file in files {
         for f in with_canonical(file) {
             if f.is_file() {
@@ -284,6 +294,7 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path, cwd: &Path) ->
     let mut secret_dirs: Vec<&Path> = vec![&config.config_file];
     secret_dirs.extend(config.github.webhook_secret_file.as_deref());
     secret_dirs.extend(config.github.token_file.as_deref());
+    secret_dirs.extend(keys.iter().copied());
     hidden.extend(
         secret_dirs
             .into_iter()
@@ -331,6 +342,20 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path, cwd: &Path) ->
             args.extend(["--ro-bind".into(), arg(&git), arg(&git)]);
         }
     }
+    // The git config holds the remote's URL, credentials and all: covered, like the token, by
+    // an empty file (git inside refuses an unreadable config, and a bound /dev/null is one:
+    // bwrap binds with nodev). A build has no use for the remote.
+    let git_config = match d.layout {
+        Layout::InPlace => d.path.join(".git").join("config"),
+        Layout::Releases => d.path.join("repo").join(".git").join("config"),
+    };
+    if git_config.is_file() {
+        args.extend([
+            "--ro-bind".into(),
+            arg(&empty_file(config)),
+            arg(&git_config),
+        ]);
+    }
     // Another deployment's tree inside ours (or state_dir inside the tree) is hidden after.
     let nested: Vec<&PathBuf> = hidden.iter().filter(|p| inside_writable(p)).collect();
     for dir in &nested {
@@ -351,6 +376,21 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path, cwd: &Path) ->
     }
     args.extend(["--chdir".into(), arg(cwd), "--".into()]);
     args
+}
+
+/// An empty file of the daemon's, in `state_dir`, to cover a file with; `/dev/null` if it cannot
+/// be made (which hides as well, but reads as an error).
+fn empty_file(config: &Config) -> PathBuf {
+    let file = config.state_dir.join("sandbox-empty");
+    let made = match std::fs::symlink_metadata(&file) {
+        Ok(m) => m.is_file() && m.len() == 0,
+        Err(_) => std::fs::write(&file, "").is_ok(),
+    };
+    if made {
+        file
+    } else {
+        PathBuf::from("/dev/null")
+    }
 }
 
 /// What the daemon says at start-up about the sandbox for each deployment, with a warning flag.
