@@ -308,9 +308,6 @@ impl Fixture {
 reconcile_interval = "0"
 state_dir = "{d}/state"
 helper_socket = "{d}/helper/privhelper.sock"
-# The test sends each push itself once the daemon's pid is in the build's home; a start-up
-# reconcile would run the hostile build before that.
-reconcile_interval = "0"
 
 [github]
 webhook_secret_file = "{d}/secrets/webhook-secret"
