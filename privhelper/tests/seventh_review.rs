@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use protocol::client::Client;
-use protocol::{Domain, Domains, Outcome, Request, Response, SiteConfig, SiteName};
+use protocol::{Domain, Domains, ErrorCode, Outcome, Request, Response, SiteConfig, SiteName};
 use testkit::nginx::Nginx;
 use testkit::pebble::Pebble;
 use testkit::prereq;
@@ -24,7 +24,7 @@ fn a_kept_lineage_is_the_one_certbot_writes_and_the_one_checked() {
     };
     let certbot_dir = tempfile::tempdir().unwrap();
     let mut spec = PolicySpec::new(&nginx)
-        .site("api.demo.test", &["api.demo.test"])
+        .site("api.demo.test", &["api.demo.test", "www.api.demo.test"])
         .site("demo", &["demo.test"]);
     spec.cert_names = vec![("api.demo.test".into(), "demo-2024".into())];
     spec.certbot_argv = pebble.certbot_argv(certbot_dir.path(), &nginx.webroot());
@@ -51,10 +51,12 @@ fn a_kept_lineage_is_the_one_certbot_writes_and_the_one_checked() {
     assert!(matches!(response, Response::Done { outcome: Outcome::Reloaded, .. }), "{response:?}");
     nginx.wait_for_new_workers(&old);
 
-    let issue = || {
-        let domains = Domains::try_from(vec![Domain::try_from("api.demo.test").unwrap()]).unwrap();
+    let issue_for = |names: &[&str]| {
+        let domains: Vec<Domain> = names.iter().map(|n| Domain::try_from(*n).unwrap()).collect();
+        let domains = Domains::try_from(domains).unwrap();
         client.call(&Request::IssueCertificate { site: site.clone(), domains }).unwrap()
     };
+    let issue = || issue_for(&["api.demo.test"]);
     let response = issue();
     assert!(
         matches!(response, Response::Done { outcome: Outcome::CertificateIssued, .. }),
@@ -72,5 +74,18 @@ fn a_kept_lineage_is_the_one_certbot_writes_and_the_one_checked() {
     assert!(
         matches!(response, Response::Done { outcome: Outcome::CertificateStillValid, .. }),
         "{response:?}"
+    );
+    // Read from the kept lineage too: a set that drops its name is refused before certbot
+    // runs; a set that grows it runs certbot (which fails, the ACME server being gone).
+    let response = issue_for(&["www.api.demo.test"]);
+    assert!(
+        matches!(&response, Response::Error { code: ErrorCode::NotAllowed, detail }
+            if detail.as_str().contains("api.demo.test is on the valid certificate")),
+        "{response:?}"
+    );
+    let response = issue_for(&["api.demo.test", "www.api.demo.test"]);
+    assert!(
+        matches!(response, Response::Error { code: ErrorCode::CommandFailed, .. }),
+        "certbot ran: {response:?}"
     );
 }
