@@ -752,4 +752,67 @@ mod tests {
         }
         assert!(accepted.is_empty(), "accepted: {accepted:#?}");
     }
+
+    /// The seventh review (dotted names, `cert_name`, the inline ACME location): what held.
+    #[test]
+    fn seventh_review_lineages_logs_and_acme_locations_of_dotted_sites() {
+        // Lineage collisions are refused whichever site comes first in the table, against a
+        // default (site-named) lineage as well as an explicit one; names are lowercase only.
+        for extra in [
+            "[sites.a]\ndomains = [\"a.com\"]\n[sites.b]\ndomains = [\"b.com\"]\ncert_name = \"a\"\n",
+            "[sites.a]\ndomains = [\"a.com\"]\ncert_name = \"b\"\n[sites.b]\ndomains = [\"b.com\"]\n",
+            "[sites.a]\ndomains = [\"a.com\"]\ncert_name = \"durhack\"\n",
+            "[sites.a]\ndomains = [\"a.com\"]\ncert_name = \"Durhack\"\n",
+            "[sites.A]\ndomains = [\"a.com\"]\n",
+            "[sites.a]\ndomains = [\"a.com\"]\ncert_name = \"x\"\n[sites.b]\ndomains = [\"b.com\"]\ncert_name = \"x\"\n",
+        ] {
+            assert!(Policy::parse(&sample(extra)).is_err(), "should be refused:\n{extra}");
+        }
+        let p = Policy::parse(
+            &sample(
+                "[sites.a]\ndomains = [\"a.com\"]\n[sites.\"a.b\"]\ndomains = [\"ab.com\"]\n\
+                 [sites.\"a.access\"]\ndomains = [\"aa.com\"]\ncert_name = \"a-old\"\n",
+            )
+            .replace("[\"/srv/durhack\"]", "[\"/srv/durhack\", \"/var/www/letsencrypt\"]"),
+        )
+        .unwrap();
+        let a = SiteName::try_from("a").unwrap();
+        let conf = |body: &str| format!("server {{ listen 80; server_name a.com; {body} }}");
+        let acme = "location ^~ /.well-known/acme-challenge/ { root /var/www/letsencrypt; }";
+        assert!(check(&p, &a, &conf(acme)).is_ok());
+        let ssl = |path: &str| format!("ssl_certificate {path};");
+        assert!(check(&p, &a, &conf(&ssl("/etc/letsencrypt/live/a/fullchain.pem"))).is_ok());
+        for body in [
+            // Another site's lineage, a sibling sharing a prefix, the live dir itself, climbing.
+            ssl("/etc/letsencrypt/live/a.b/fullchain.pem"),
+            ssl("/etc/letsencrypt/live/a-old/fullchain.pem"),
+            ssl("/etc/letsencrypt/live/ab/fullchain.pem"),
+            ssl("/etc/letsencrypt/live/a.pem"),
+            ssl("/etc/letsencrypt/live/"),
+            ssl("/etc/letsencrypt/live/a/../a.b/privkey.pem"),
+            ssl("/etc/letsencrypt/live/a/./fullchain.pem"),
+            ssl("/etc/letsencrypt/live/a$x/privkey.pem"),
+            ssl("data:$x"),
+            "ssl_certificate_key /etc/letsencrypt/archive/a/privkey1.pem;".into(),
+            // Another dotted site's logs, and nginx's own.
+            "access_log /var/log/nginx/a.b.access.log;".into(),
+            "access_log /var/log/nginx/a.access.access.log;".into(),
+            "error_log /var/log/nginx/a.access.log;".into(),
+            "access_log /var/log/nginx/access.log;".into(),
+            "access_log /var/log/nginx/a.access.log.conf;".into(),
+            // The ACME location serving elsewhere: outside the roots, by alias, by a nested or
+            // regex location, by a variable.
+            "location ^~ /.well-known/acme-challenge/ { root /var/www; }".into(),
+            "location ^~ /.well-known/acme-challenge/ { root /var/www/letsencrypt/../..; }".into(),
+            "location ^~ /.well-known/acme-challenge/ { alias /etc/; }".into(),
+            "location ^~ /.well-known/acme-challenge/ { alias /var/www/letsencrypt; }".into(),
+            "location ^~ /.well-known/acme-challenge/ { root /var/www/letsencrypt; location ~ ^/(.*)$ { alias /etc/$1; } }".into(),
+            "location ~ ^/.well-known/acme-challenge/(.*)$ { alias /var/www/letsencrypt/$1; }".into(),
+            "location ^~ /.well-known/acme-challenge/ { root /var/www/letsencrypt; try_files /../../etc/passwd =404; }".into(),
+            "location ^~ /.well-known/acme-challenge/ { root $document_root/..; }".into(),
+            "location ^~ /.well-known/acme-challenge/ { root /var/www/letsencrypt-x; }".into(),
+        ] {
+            assert!(check(&p, &a, &conf(&body)).is_err(), "should be refused: {body}");
+        }
+    }
 }

@@ -41,6 +41,8 @@ pub struct PolicySpec {
     pub proxy_ports: Vec<u16>,
     /// certbot runs per site per hour.
     pub certbot_max_runs_per_hour: u32,
+    /// `(site, cert_name)`: sites whose policy keeps another lineage than their name.
+    pub cert_names: Vec<(String, String)>,
 }
 
 /// The name of the user running this process.
@@ -62,6 +64,7 @@ impl PolicySpec {
             listen: vec![nginx.listen()],
             proxy_ports: Vec::new(),
             certbot_max_runs_per_hour: 3,
+            cert_names: Vec::new(),
         }
     }
 
@@ -130,6 +133,9 @@ impl PolicySpec {
             // Quoted: a dotted site name is one key, not nested tables.
             let _ = writeln!(t, "[sites.{}]\ndomains = {}", q(site), list(domains));
             let _ = writeln!(t, "proxy_ports = {:?}", self.proxy_ports);
+            for (_, cert) in self.cert_names.iter().filter(|(s, _)| s == site) {
+                let _ = writeln!(t, "cert_name = {}", q(cert));
+            }
         }
         t
     }
