@@ -116,6 +116,9 @@ pub struct Deployment {
     pub allow_sockets: Vec<PathBuf>,
     /// The commands' `HOME` (caches, pnpm's store); `state_dir/homes/<name>` when unset.
     pub home: Option<PathBuf>,
+    /// The deployer's own repository: its commands may ask the daemon to restart (exit 75) by
+    /// touching `$DEPLOY_RESTART_FILE`. Off by default, so no other build can restart it.
+    pub self_update: bool,
 }
 
 /// How a deployment's code is laid out under its `path`.
@@ -346,6 +349,8 @@ struct RawDeployment {
     #[serde(default)]
     allow_sockets: Vec<PathBuf>,
     home: Option<PathBuf>,
+    #[serde(default)]
+    self_update: bool,
 }
 
 fn yes() -> bool {
@@ -828,6 +833,7 @@ fn parse_deployment(name: &str, raw: RawDeployment) -> Result<Deployment, Config
         pass_env: raw.pass_env,
         allow_sockets: raw.allow_sockets,
         home: raw.home,
+        self_update: raw.self_update,
     })
 }
 

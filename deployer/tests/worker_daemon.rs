@@ -419,7 +419,8 @@ async fn sigterm_kills_a_deploy_that_outlasts_the_grace_period_and_keeps_it_queu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_update_asks_systemd_for_a_restart_with_exit_status_75() {
     let mut d = Daemon::new(
-        r#"commands = [["sh", "-c", "echo installing the new binary; touch \"$DEPLOY_RESTART_FILE\""]]"#,
+        r#"self_update = true
+commands = [["sh", "-c", "echo installing the new binary; touch \"$DEPLOY_RESTART_FILE\""]]"#,
     );
     let sha = d.repo.commit("new deployer", &[]);
     d.repo.push();
@@ -448,4 +449,35 @@ async fn a_self_update_asks_systemd_for_a_restart_with_exit_status_75() {
     assert_eq!(runs[0].status, RunStatus::Success, "{runs:#?}");
     assert!(d.queued().is_empty());
     assert!(!d.state.path().join("restart-requested").exists());
+}
+
+/// Only the deployer's own deployment may restart it: another build that finds the file in its
+/// home (its name is no secret) and touches it restarts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_is_not_a_self_update_cannot_restart_the_daemon() {
+    let file = ".durhack-deployer-restart-requested";
+    let mut d = Daemon::new(&format!(
+        r#"commands = [["sh", "-c", "test -z \"$DEPLOY_RESTART_FILE\" && touch \"$HOME/{file}\""]]"#
+    ));
+    let sha = d.repo.commit("an ordinary app", &[]);
+    d.repo.push();
+    d.start();
+    d.push("not-a-self-update", ZERO, &sha).await;
+    let runs = d.wait_runs("recorded", |r| !r.is_empty()).await;
+    assert_eq!(runs[0].status, RunStatus::Success, "{runs:#?}\n{}", d.log());
+    // A restart asked for by the first run would stop the daemon before it took the second.
+    let next = d.repo.commit("and another", &[]);
+    d.repo.push();
+    d.push("after-the-touch", &sha, &next).await;
+    d.wait_runs("the second push deployed by the same daemon", |r| {
+        r.len() == 2 && r.iter().all(|r| r.status == RunStatus::Success)
+    })
+    .await;
+    let child = d.child.as_mut().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon exited:\n{}",
+        d.log()
+    );
+    assert!(!d.log().contains("restart requested"), "{}", d.log());
 }

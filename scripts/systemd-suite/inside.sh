@@ -214,6 +214,7 @@ repository = "durhack-test/app"
 branch = "self"
 remote = "/srv/git/app.git"
 path = "/var/www/self"
+self_update = true
 commands = [["sh", "-c", "touch \"$DEPLOY_RESTART_FILE\""]]
 TOML
 # The remote belongs to the service user (git refuses a local repository owned by another

@@ -20,8 +20,8 @@
 //! or panics, reporting it to [`crate::health`] meanwhile. On shutdown a worker takes no new work and gives a running deploy
 //! [`GRACE`]; after that its process group is killed and its entries stay queued.
 //!
-//! Self-update: a deployment of the deployer itself installs the new binary in its commands and
-//! then touches `$DEPLOY_RESTART_FILE`. After that run is recorded as successful, the worker
+//! Self-update: a deployment of the deployer itself (`self_update = true`, the only kind given
+//! `$DEPLOY_RESTART_FILE`) installs the new binary in its commands and then touches the file. After that run is recorded as successful, the worker
 //! sends the daemon SIGTERM (an ordinary graceful shutdown), and [`WorkerSet::wait`] ends the
 //! process with [`RESTART_EXIT_STATUS`], which systemd's `Restart=on-failure` answers by starting
 //! the new binary. No privilege is involved.
@@ -107,6 +107,11 @@ pub fn restart_file(config: &Config, deployment: &Deployment) -> PathBuf {
 }
 
 fn check_restart_request(config: &Config, deployment: &Deployment, log: &self::log::RunLog) {
+    // Only the deployer's own deployment may restart it: any other build could otherwise end
+    // every other deployment's runs with a restart whenever it liked.
+    if !deployment.self_update {
+        return;
+    }
     let file = restart_file(config, deployment);
     if std::fs::remove_file(&file).is_ok() {
         log.line("restart requested: the deployer restarts once running deploys finish");

@@ -553,18 +553,19 @@ impl Worker {
         let d = &self.deployment;
         let home = sandbox::home(&self.config, d);
         sandbox::ensure_home(&home)?;
-        let deploy_vars: Vec<(String, String)> = vec![
+        let mut deploy_vars: Vec<(String, String)> = vec![
             ("DEPLOY_NAME".into(), d.name.clone()),
             ("DEPLOY_SHA".into(), sha.to_owned()),
             ("DEPLOY_REF".into(), format!("refs/heads/{}", d.branch)),
             ("DEPLOY_DELIVERY".into(), p.req.delivery.clone()),
-            (
-                "DEPLOY_RESTART_FILE".into(),
-                super::restart_file(&self.config, d)
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
         ];
+        if d.self_update {
+            let file = super::restart_file(&self.config, d);
+            deploy_vars.push((
+                "DEPLOY_RESTART_FILE".into(),
+                file.to_string_lossy().into_owned(),
+            ));
+        }
         Ok(sandbox::command_env(d, &home, &deploy_vars))
     }
 
