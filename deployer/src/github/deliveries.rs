@@ -74,6 +74,9 @@ pub struct DeliveriesClient {
 /// Longest error body kept (GitHub's JSON error messages are short; a proxy's page is not).
 const MAX_BODY: usize = 300;
 
+/// The most of a deliveries page read (100 deliveries are some 30 KB).
+const MAX_ANSWER: usize = 4 << 20;
+
 impl DeliveriesClient {
     pub fn from_config(config: &Config) -> Option<Self> {
         let token = config.github.token.clone()?;
@@ -257,6 +260,65 @@ mod tests {
         ] {
             assert!(!client.is_ours(elsewhere), "{elsewhere}");
         }
+    }
+
+    /// Serves one answer: `head` (status line and headers), then `filler` bytes of `fill`
+    /// between `open` and `close`, without a length (the connection's end ends the body).
+    fn serve_huge(head: &'static str, open: &'static [u8], close: &'static [u8]) -> String {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(open);
+            let chunk = vec![b' '; 1 << 20];
+            for _ in 0..64 {
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            let _ = s.write_all(close);
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_huge_answer_is_refused_not_read_into_memory() {
+        let client = |api_url: String| DeliveriesClient {
+            http: reqwest::Client::new(),
+            api_url,
+            token: Secret::new("t"),
+        };
+        // 64 MiB of whitespace around a valid (empty) list: the whole of it used to be read
+        // into memory before decoding.
+        let url = serve_huge(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+            b"[",
+            b"]",
+        );
+        let page = client(url.clone()).page(&format!("{url}/x")).await;
+        assert!(
+            matches!(page, Err(ApiError::Decode(_))),
+            "a 64 MiB list must be refused: {page:?}"
+        );
+        // The same for a refusal's body, of which only a few hundred characters are kept.
+        let url = serve_huge(
+            "HTTP/1.1 500 Internal Server Error\r\nconnection: close\r\n\r\n",
+            b"x",
+            b"y",
+        );
+        let page = client(url.clone()).page(&format!("{url}/x")).await;
+        match page {
+            Err(ApiError::Refused { status: 500, body }) => assert!(body.len() <= MAX_BODY),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            MAX_ANSWER < (64 << 20),
+            "the cap is below what the test serves"
+        );
     }
 
     #[test]
