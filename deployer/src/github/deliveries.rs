@@ -113,10 +113,14 @@ impl DeliveriesClient {
             .await?;
         let response = check(response).await?;
         let next = next_link(response.headers()).filter(|n| self.is_ours(n));
-        let deliveries: Vec<HookDelivery> = response
-            .json()
-            .await
-            .map_err(|e| ApiError::Decode(e.to_string()))?;
+        let body = read_at_most(response, MAX_ANSWER).await?;
+        if body.len() > MAX_ANSWER {
+            return Err(ApiError::Decode(format!(
+                "the answer is larger than {MAX_ANSWER} bytes"
+            )));
+        }
+        let deliveries: Vec<HookDelivery> =
+            serde_json::from_slice(&body).map_err(|e| ApiError::Decode(e.to_string()))?;
         Ok(Page { deliveries, next })
     }
 
@@ -161,10 +165,10 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiErro
             retry_after,
         });
     }
-    let body: String = response
-        .text()
+    let body = read_at_most(response, MAX_BODY * 4)
         .await
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let body: String = String::from_utf8_lossy(&body)
         .chars()
         .take(MAX_BODY)
         .collect();
@@ -172,6 +176,20 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiErro
         status: status.as_u16(),
         body: body.replace(['\r', '\n'], " "),
     })
+}
+
+/// Reads the body until its end or until more than `limit` bytes came (then stops reading: the
+/// answer has `limit + 1` bytes or more), so a hostile API cannot make us hold an endless body.
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = (limit + 1).saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() > limit {
+            break;
+        }
+    }
+    Ok(body)
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
