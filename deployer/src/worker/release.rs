@@ -605,6 +605,34 @@ mod tests {
         );
     }
 
+    /// a, b, c went live in turn; c was rolled back to b; d went live from b. The release before
+    /// d is b (what was live, and what prune keeps), not c, which the operator rolled away from.
+    #[test]
+    fn the_release_before_is_the_one_that_was_live_not_the_last_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Releases::new(dir.path());
+        for (seq, (id, previous)) in [
+            ("a", None),
+            ("b", Some("a")),
+            ("c", Some("b")),
+            ("d", Some("b")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            std::fs::create_dir_all(r.release_dir(id)).unwrap();
+            let marker = serde_json::json!({
+                "run": id, "sha": format!("sha-{id}"), "seq": seq + 1, "previous": previous,
+            });
+            std::fs::write(r.marker(id), marker.to_string()).unwrap();
+        }
+        r.switch("d").unwrap();
+        assert_eq!(r.previous("d").map(|i| i.run).as_deref(), Some("b"));
+        // A marker of before this field (or whose previous release is gone) goes by order.
+        std::fs::write(r.marker("d"), r#"{"run":"d","sha":"sha-d","seq":4}"#).unwrap();
+        assert_eq!(r.previous("d").map(|i| i.run).as_deref(), Some("c"));
+    }
+
     #[test]
     fn shared_entries_replace_the_checkout_and_persist() {
         let dir = tempfile::tempdir().unwrap();
