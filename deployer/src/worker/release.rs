@@ -87,6 +87,10 @@ pub struct ReleaseInfo {
     /// second do not sort by time).
     #[serde(default)]
     pub seq: u64,
+    /// The release `current` pointed at when this one went live (what prune keeps, and where a
+    /// rollback goes by default); absent in markers written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 /// The releases layout of one deployment's `path`.
@@ -167,9 +171,19 @@ impl Releases {
         self.complete().last().map_or(1, |r| r.seq + 1)
     }
 
-    /// The newest complete release completed before `current`: where a rollback goes by default.
+    /// Where a rollback goes by default: the release that was live before `current` went live,
+    /// if it is still kept and complete (not the newest one built before it, which may be the
+    /// one an operator rolled back from); else the newest complete release completed before it.
     pub fn previous(&self, current: &str) -> Option<ReleaseInfo> {
         let current = self.info(current)?;
+        if let Some(before) = current
+            .previous
+            .as_deref()
+            .filter(|p| *p != current.run)
+            .and_then(|p| self.info(p))
+        {
+            return Some(before);
+        }
         self.complete()
             .into_iter()
             .rev()
@@ -444,13 +458,14 @@ impl Worker {
             let _ = repo.worktree_prune().await;
             return Err(e);
         }
+        let previous = releases.current();
         let info = ReleaseInfo {
             run: a.id.to_owned(),
             sha: sha.to_owned(),
             seq: releases.next_seq(),
+            previous: previous.clone(),
         };
         releases.mark_complete(&info)?;
-        let previous = releases.current();
         self.go_live(a, p, &releases, &info, changed.as_deref())
             .await?;
         let mut protect = vec![a.id];
@@ -595,6 +610,7 @@ mod tests {
             run: "a".into(),
             sha: "1".into(),
             seq: 1,
+            previous: None,
         })
         .unwrap();
         r.switch("a").unwrap();
