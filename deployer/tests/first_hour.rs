@@ -454,3 +454,56 @@ fn deploy_accepts_a_short_commit_id_that_names_one_commit() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("7 to 40"), "{}", stderr(&out));
 }
+
+/// The second Ctrl-C during the run's git clone (a slow remote): the clone, in a process group of
+/// its own like every command, must not outlive the daemon to race the next start in the tree.
+#[test]
+fn ctrl_c_twice_during_a_slow_checkout_leaves_no_git_running() {
+    if !have_git() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = prepare_quickstart(&tmp.path().join("qs"), port);
+    // The checkout never ends: the daemon's git runs a post-checkout hook `sleep <marker>`.
+    let marker = format!("8{port}3");
+    let hooks = tmp.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let hook = hooks.join("post-checkout");
+    std::fs::write(&hook, format!("#!/bin/sh\nexec sleep {marker}\n")).unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("reconcile_interval = \"0\"\n{text}")).unwrap();
+
+    let mut serve = Command::new(EXE);
+    serve
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "core.hooksPath")
+        .env("GIT_CONFIG_VALUE_0", &hooks);
+    let mut daemon = Daemon::spawn(serve, &tmp.path().join("daemon.log"));
+    wait_for(&mut daemon, "GET / to answer ok", || {
+        get_root(port).filter(|(code, _)| *code == 200)
+    });
+    let out = cli(&config, &["send-test-push", "demo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(&mut daemon, "the slow checkout to start", || {
+        (!processes_with(&format!("sleep {marker}")).is_empty()).then_some(())
+    });
+    daemon.signal(Signal::SIGINT);
+    wait_for(&mut daemon, "the first Ctrl-C to be logged", || {
+        daemon_log_has(&tmp.path().join("daemon.log"), "Ctrl-C again")
+    });
+    daemon.signal(Signal::SIGINT);
+    assert_eq!(daemon.wait_exit("the second stop").code(), Some(130));
+    let left = processes_with(&marker);
+    for p in &left {
+        // Clean up what the daemon left, before failing.
+        if let Some(pid) = p.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    assert!(left.is_empty(), "git outlived the daemon: {left:?}");
+}
