@@ -682,7 +682,7 @@ fn rollback_refuses_what_it_cannot_do_and_queues_nothing() {
             Some("20261203T184516Z-3f9a1c"),
             "has no kept, complete release",
         ),
-        ("nope", None, "no deployment `nope`"),
+        ("nope", None, "no deployment named nope"),
     ] {
         let (ok, text) = try_rollback(&setup, name, to);
         assert!(!ok && text.contains(says), "{name} {to:?}: {text}");
