@@ -239,13 +239,17 @@ fn ctrl_c_twice_during_a_slow_build_exits_130_leaving_no_build_and_status_says_i
     let end = start + text[start..].find("\n]\n").unwrap() + 3;
     let slow =
         format!("commands = [[\"sh\", \"-c\", \"sleep {marker} & sleep {marker}; wait\"]]\n");
-    // The builds counted are those of the push sent below, not a start-up reconcile's.
-    let text = format!(
-        "reconcile_interval = \"0\"\n{}{slow}{}",
-        &text[..start],
-        &text[end..]
-    );
-    std::fs::write(&config, text).unwrap();
+    // No reconciliation: at start-up it would queue the same head as the test push, and the
+    // newest row after the restart would be that entry's `superseded`, not the running build.
+    std::fs::write(
+        &config,
+        format!(
+            "reconcile_interval = \"0\"\n{}{slow}{}",
+            &text[..start],
+            &text[end..]
+        ),
+    )
+    .unwrap();
 
     let mut serve = Command::new(EXE);
     serve.arg("serve").arg("--config").arg(&config);
@@ -310,12 +314,12 @@ fn ctrl_c_twice_during_a_slow_build_exits_130_leaving_no_build_and_status_says_i
     wait_for(&mut daemon, "the redone build to start", || {
         (processes_with(&marker).len() >= 2).then_some(())
     });
-    // The build's shell itself (bubblewrap's two processes name it in their argv too).
     let builds = processes_with(&marker)
         .iter()
+        // The shell itself (its sandbox's two bwrap processes carry the same command line).
         .filter(|p| {
             p.split_once(": ")
-                .is_some_and(|(_, cmd)| cmd.starts_with("sh -c"))
+                .is_some_and(|(_, c)| c.starts_with("sh -c"))
         })
         .count();
     assert_eq!(
@@ -463,4 +467,57 @@ fn deploy_accepts_a_short_commit_id_that_names_one_commit() {
     let out = cli(&config, &["deploy", "demo", "--sha", "12345"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("7 to 40"), "{}", stderr(&out));
+}
+
+/// The second Ctrl-C during the run's git clone (a slow remote): the clone, in a process group of
+/// its own like every command, must not outlive the daemon to race the next start in the tree.
+#[test]
+fn ctrl_c_twice_during_a_slow_checkout_leaves_no_git_running() {
+    if !have_git() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = prepare_quickstart(&tmp.path().join("qs"), port);
+    // The checkout never ends: the daemon's git runs a post-checkout hook `sleep <marker>`.
+    let marker = format!("8{port}3");
+    let hooks = tmp.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let hook = hooks.join("post-checkout");
+    std::fs::write(&hook, format!("#!/bin/sh\nexec sleep {marker}\n")).unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("reconcile_interval = \"0\"\n{text}")).unwrap();
+
+    let mut serve = Command::new(EXE);
+    serve
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "core.hooksPath")
+        .env("GIT_CONFIG_VALUE_0", &hooks);
+    let mut daemon = Daemon::spawn(serve, &tmp.path().join("daemon.log"));
+    wait_for(&mut daemon, "GET / to answer ok", || {
+        get_root(port).filter(|(code, _)| *code == 200)
+    });
+    let out = cli(&config, &["send-test-push", "demo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(&mut daemon, "the slow checkout to start", || {
+        (!processes_with(&format!("sleep {marker}")).is_empty()).then_some(())
+    });
+    daemon.signal(Signal::SIGINT);
+    wait_for(&mut daemon, "the first Ctrl-C to be logged", || {
+        daemon_log_has(&tmp.path().join("daemon.log"), "Ctrl-C again")
+    });
+    daemon.signal(Signal::SIGINT);
+    assert_eq!(daemon.wait_exit("the second stop").code(), Some(130));
+    let left = processes_with(&marker);
+    for p in &left {
+        // Clean up what the daemon left, before failing.
+        if let Some(pid) = p.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    assert!(left.is_empty(), "git outlived the daemon: {left:?}");
 }

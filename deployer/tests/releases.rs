@@ -689,3 +689,37 @@ fn rollback_refuses_what_it_cannot_do_and_queues_nothing() {
     }
     assert!(setup.queued().is_empty(), "{:?}", setup.queued());
 }
+
+/// v1, v2, v3 go live; v3 is rolled back (to v2); v4 goes live from v2. `rollback app` now goes
+/// back to what was live before v4 (v2, which prune keeps), not to v3, the release the operator
+/// rolled away from.
+#[test]
+fn rollback_after_a_rollback_and_a_deploy_goes_to_what_was_live() {
+    let Some(rig) = Rig::new(5) else { return };
+    let mut d = Daemon::new(&rig.setup);
+    d.start();
+    let mut live = Vec::new();
+    for (n, v) in ["v1", "v2", "v3"].into_iter().enumerate() {
+        rig.push(&d, v, &[]);
+        let runs = rig.settled(&d, n + 1);
+        assert_eq!(runs[n].status, RunStatus::Success, "{}", d.log());
+        live.push(rig.live());
+    }
+    let said = rollback(&rig.setup, None);
+    assert!(said.contains(&live[1].run), "{said}");
+    rig.settled(&d, 4);
+    assert_eq!(rig.live(), live[1]);
+    rig.push(&d, "v4", &[]);
+    let runs = rig.settled(&d, 5);
+    assert_eq!(runs[4].status, RunStatus::Success, "{}", d.log());
+    let said = rollback(&rig.setup, None);
+    rig.settled(&d, 6);
+    assert_eq!(
+        rig.live().run,
+        live[1].run,
+        "rollback from v4 went to {} (v3 is {}): {said}",
+        rig.live().sha,
+        live[2].sha
+    );
+    d.terminate();
+}

@@ -74,6 +74,9 @@ pub struct DeliveriesClient {
 /// Longest error body kept (GitHub's JSON error messages are short; a proxy's page is not).
 const MAX_BODY: usize = 300;
 
+/// The most of a deliveries page read (100 deliveries are some 30 KB).
+const MAX_ANSWER: usize = 4 << 20;
+
 impl DeliveriesClient {
     pub fn from_config(config: &Config) -> Option<Self> {
         let token = config.github.token.clone()?;
@@ -110,10 +113,14 @@ impl DeliveriesClient {
             .await?;
         let response = check(response).await?;
         let next = next_link(response.headers()).filter(|n| self.is_ours(n));
-        let deliveries: Vec<HookDelivery> = response
-            .json()
-            .await
-            .map_err(|e| ApiError::Decode(e.to_string()))?;
+        let body = read_at_most(response, MAX_ANSWER).await?;
+        if body.len() > MAX_ANSWER {
+            return Err(ApiError::Decode(format!(
+                "the answer is larger than {MAX_ANSWER} bytes"
+            )));
+        }
+        let deliveries: Vec<HookDelivery> =
+            serde_json::from_slice(&body).map_err(|e| ApiError::Decode(e.to_string()))?;
         Ok(Page { deliveries, next })
     }
 
@@ -158,10 +165,10 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiErro
             retry_after,
         });
     }
-    let body: String = response
-        .text()
+    let body = read_at_most(response, MAX_BODY * 4)
         .await
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let body: String = String::from_utf8_lossy(&body)
         .chars()
         .take(MAX_BODY)
         .collect();
@@ -169,6 +176,20 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiErro
         status: status.as_u16(),
         body: body.replace(['\r', '\n'], " "),
     })
+}
+
+/// Reads the body until its end or until more than `limit` bytes came (then stops reading: the
+/// answer has `limit + 1` bytes or more), so a hostile API cannot make us hold an endless body.
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = (limit + 1).saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() > limit {
+            break;
+        }
+    }
+    Ok(body)
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -256,6 +277,66 @@ mod tests {
             "http://127.0.0.1:1234",
         ] {
             assert!(!client.is_ours(elsewhere), "{elsewhere}");
+        }
+    }
+
+    /// Serves one answer: `head` (status line and headers), then `filler` bytes of `fill`
+    /// between `open` and `close`, without a length (the connection's end ends the body).
+    fn serve_huge(head: &'static str, open: &'static [u8], close: &'static [u8]) -> String {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(open);
+            let chunk = vec![b' '; 1 << 20];
+            for _ in 0..64 {
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            let _ = s.write_all(close);
+        });
+        url
+    }
+
+    const _: () = assert!(
+        MAX_ANSWER < (64 << 20),
+        "the cap is below what the test serves"
+    );
+
+    #[tokio::test]
+    async fn a_huge_answer_is_refused_not_read_into_memory() {
+        let client = |api_url: String| DeliveriesClient {
+            http: reqwest::Client::new(),
+            api_url,
+            token: Secret::new("t"),
+        };
+        // 64 MiB of whitespace around a valid (empty) list: the whole of it used to be read
+        // into memory before decoding.
+        let url = serve_huge(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+            b"[",
+            b"]",
+        );
+        let page = client(url.clone()).page(&format!("{url}/x")).await;
+        assert!(
+            matches!(page, Err(ApiError::Decode(_))),
+            "a 64 MiB list must be refused: {page:?}"
+        );
+        // The same for a refusal's body, of which only a few hundred characters are kept.
+        let url = serve_huge(
+            "HTTP/1.1 500 Internal Server Error\r\nconnection: close\r\n\r\n",
+            b"x",
+            b"y",
+        );
+        let page = client(url.clone()).page(&format!("{url}/x")).await;
+        match page {
+            Err(ApiError::Refused { status: 500, body }) => assert!(body.len() <= MAX_BODY),
+            other => panic!("{other:?}"),
         }
     }
 

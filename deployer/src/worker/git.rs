@@ -62,6 +62,9 @@ fn git_env(ssh_key: Option<&Path>) -> Vec<(String, String)> {
 pub struct Repo {
     path: PathBuf,
     ssh_key: Option<PathBuf>,
+    /// Where logged git commands record their process group, as a run's build commands do
+    /// (so a forced stop, or the next holder, kills a git left running).
+    pgid_file: Option<PathBuf>,
 }
 
 impl Repo {
@@ -69,7 +72,15 @@ impl Repo {
         Self {
             path: path.to_owned(),
             ssh_key: None,
+            pgid_file: None,
         }
+    }
+
+    /// Logged git commands record their process group in `file` while they run (see
+    /// [`super::process::pgid_file`]).
+    pub fn with_pgid_file(mut self, file: PathBuf) -> Self {
+        self.pgid_file = Some(file);
+        self
     }
 
     /// Git reaches the remote with this deploy key (`ssh_key_file`).
@@ -98,7 +109,7 @@ impl Repo {
                 cwd,
                 env: &env,
                 timeout,
-                pgid_file: None,
+                pgid_file: self.pgid_file.as_deref(),
             },
             log,
             cancel,

@@ -87,6 +87,10 @@ pub struct ReleaseInfo {
     /// second do not sort by time).
     #[serde(default)]
     pub seq: u64,
+    /// The release `current` pointed at when this one went live (what prune keeps, and where a
+    /// rollback goes by default); absent in markers written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 /// The releases layout of one deployment's `path`.
@@ -167,9 +171,19 @@ impl Releases {
         self.complete().last().map_or(1, |r| r.seq + 1)
     }
 
-    /// The newest complete release completed before `current`: where a rollback goes by default.
+    /// Where a rollback goes by default: the release that was live before `current` went live,
+    /// if it is still kept and complete (not the newest one built before it, which may be the
+    /// one an operator rolled back from); else the newest complete release completed before it.
     pub fn previous(&self, current: &str) -> Option<ReleaseInfo> {
         let current = self.info(current)?;
+        if let Some(before) = current
+            .previous
+            .as_deref()
+            .filter(|p| *p != current.run)
+            .and_then(|p| self.info(p))
+        {
+            return Some(before);
+        }
         self.complete()
             .into_iter()
             .rev()
@@ -457,13 +471,14 @@ impl Worker {
             let _ = repo.worktree_prune().await;
             return Err(e);
         }
+        let previous = releases.current();
         let info = ReleaseInfo {
             run: a.id.to_owned(),
             sha: sha.to_owned(),
             seq: releases.next_seq(),
+            previous: previous.clone(),
         };
         releases.mark_complete(&info)?;
-        let previous = releases.current();
         self.go_live(a, p, &releases, &info, changed.as_deref())
             .await?;
         let mut protect = vec![a.id];
@@ -608,6 +623,7 @@ mod tests {
             run: "a".into(),
             sha: "1".into(),
             seq: 1,
+            previous: None,
         })
         .unwrap();
         r.switch("a").unwrap();
@@ -616,6 +632,34 @@ mod tests {
             std::fs::read_link(r.current_link()).unwrap(),
             Path::new("releases/a")
         );
+    }
+
+    /// a, b, c went live in turn; c was rolled back to b; d went live from b. The release before
+    /// d is b (what was live, and what prune keeps), not c, which the operator rolled away from.
+    #[test]
+    fn the_release_before_is_the_one_that_was_live_not_the_last_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Releases::new(dir.path());
+        for (seq, (id, previous)) in [
+            ("a", None),
+            ("b", Some("a")),
+            ("c", Some("b")),
+            ("d", Some("b")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            std::fs::create_dir_all(r.release_dir(id)).unwrap();
+            let marker = serde_json::json!({
+                "run": id, "sha": format!("sha-{id}"), "seq": seq + 1, "previous": previous,
+            });
+            std::fs::write(r.marker(id), marker.to_string()).unwrap();
+        }
+        r.switch("d").unwrap();
+        assert_eq!(r.previous("d").map(|i| i.run).as_deref(), Some("b"));
+        // A marker of before this field (or whose previous release is gone) goes by order.
+        std::fs::write(r.marker("d"), r#"{"run":"d","sha":"sha-d","seq":4}"#).unwrap();
+        assert_eq!(r.previous("d").map(|i| i.run).as_deref(), Some("c"));
     }
 
     #[test]

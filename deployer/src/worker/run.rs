@@ -206,7 +206,7 @@ impl Worker {
             pending.len()
         ));
         let repo = match release::fetch_repo(d) {
-            Ok(repo) => repo,
+            Ok(repo) => repo.with_pgid_file(process::pgid_file(&self.config.state_dir, &d.name)),
             Err(e) => {
                 let error = one_line(&e);
                 log.line(&error);
