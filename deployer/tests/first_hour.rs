@@ -76,6 +76,59 @@ fn root_with_nobody() -> bool {
     ) && have_git()
 }
 
+/// `sudo durhack-deployer serve` becomes the owner of `state_dir` after reading the secret as
+/// root. The owner must not then be able to read that secret out of the process, even where
+/// the kernel would leave a process that changed its uid dumpable (`fs.suid_dumpable = 1`).
+#[test]
+fn a_daemon_started_as_root_cannot_be_read_by_the_owner_it_becomes() {
+    if !root_with_nobody() {
+        return;
+    }
+    const SYSCTL: &str = "/proc/sys/fs/suid_dumpable";
+    let Ok(before) = std::fs::read_to_string(SYSCTL) else {
+        panic!("cannot read {SYSCTL}");
+    };
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(SYSCTL, self.0.trim());
+        }
+    }
+    let _restore = Restore(before);
+    std::fs::write(SYSCTL, "1")
+        .expect("set fs.suid_dumpable (needs root outside a read-only /proc/sys)");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = nobody_quickstart(tmp.path(), port);
+    let mut serve = Command::new(EXE);
+    serve.arg("serve").arg("--config").arg(&config);
+    let mut daemon = Daemon::spawn(serve, &tmp.path().join("daemon.log"));
+    wait_for(&mut daemon, "GET / to answer ok", || {
+        get_root(port).filter(|(code, _)| *code == 200)
+    });
+    let pid = daemon.child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nobody_uid = nobody().uid.as_raw().to_string();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains(&nobody_uid)),
+        "the daemon runs as the owner of state_dir:\n{status}"
+    );
+    let read = Command::new("cat")
+        .arg(format!("/proc/{pid}/environ"))
+        .uid(nobody().uid.as_raw())
+        .gid(nobody().gid.as_raw())
+        .output()
+        .unwrap();
+    assert!(
+        !read.status.success(),
+        "the owner read the daemon's environment: {}",
+        String::from_utf8_lossy(&read.stdout)
+    );
+}
+
 #[test]
 fn read_only_commands_create_nothing_and_say_no_ledger_once() {
     if !have_git() {

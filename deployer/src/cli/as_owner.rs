@@ -80,5 +80,9 @@ fn drop_to(dir: &Path, uid: Uid, gid: Gid) -> anyhow::Result<()> {
     }
     nix::unistd::setgid(gid).map_err(|e| failed("setgid", e))?;
     nix::unistd::setuid(uid).map_err(|e| failed("setuid", e))?;
+    // What root read (the webhook secret, the token) stays in this process's memory and
+    // environment; the kernel leaves it dumpable after the uid change where fs.suid_dumpable
+    // is 1, and then the owner could ptrace it or read /proc/<pid>/environ.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| failed("prctl(PR_SET_DUMPABLE)", e))?;
     Ok(())
 }
