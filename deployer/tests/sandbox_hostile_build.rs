@@ -608,7 +608,6 @@ fn a_hostile_build_reaches_nothing_of_the_deploy_machinery() {
             "DEPLOY_DELIVERY",
             "DEPLOY_NAME",
             "DEPLOY_REF",
-            "DEPLOY_RESTART_FILE",
             "DEPLOY_SHA",
             "HOME",
             "LANG",
