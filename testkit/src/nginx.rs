@@ -36,6 +36,9 @@ pub struct Nginx {
     listen: String,
     /// Does the main conf also listen on `[::]` (80/443 instance only)?
     ipv6: bool,
+    /// The master's pid once it served: stopped by signal on drop if `-s stop` cannot find it
+    /// (a test that removed or rewrote the pid file would otherwise leak the master).
+    started_master: Option<u32>,
 }
 
 /// Which main conf to write.
@@ -124,6 +127,7 @@ impl Nginx {
             program,
             listen,
             ipv6,
+            started_master: None,
         };
         let out = Command::new(&nginx.program)
             .args(nginx.base_args())
@@ -135,6 +139,8 @@ impl Nginx {
             String::from_utf8_lossy(&out.stderr)
         );
         nginx.wait_until_serving();
+        let mut nginx = nginx;
+        nginx.started_master = nginx.master_pid();
         Some(nginx)
     }
 
@@ -449,10 +455,15 @@ impl Drop for Nginx {
             .args(["-s", "stop"])
             .output();
         // Wait for the master to go, so the prefix can be removed and the port reused.
-        if let Some(pid) = master {
+        if let Some(pid) = master.or(self.started_master) {
             let deadline = Instant::now() + Duration::from_secs(10);
             while process_alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
+            }
+            if process_alive(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .output();
             }
         }
     }
