@@ -463,7 +463,11 @@ async fn a_build_that_is_not_a_self_update_cannot_restart_the_daemon() {
     d.repo.push();
     d.start();
     d.push("not-a-self-update", ZERO, &sha).await;
-    let runs = d.wait_runs("recorded", |r| !r.is_empty()).await;
+    let runs = d
+        .wait_runs("finished", |r| {
+            r.first().is_some_and(|r| r.status != RunStatus::Running)
+        })
+        .await;
     assert_eq!(runs[0].status, RunStatus::Success, "{runs:#?}\n{}", d.log());
     // A restart asked for by the first run would stop the daemon before it took the second.
     let next = d.repo.commit("and another", &[]);
