@@ -103,10 +103,7 @@ fn a_daemon_started_as_root_cannot_be_read_by_the_owner_it_becomes() {
     let config = nobody_quickstart(tmp.path(), port);
     let mut serve = Command::new(EXE);
     serve.arg("serve").arg("--config").arg(&config);
-    let mut daemon = Daemon::spawn(serve, &tmp.path().join("daemon.log"));
-    wait_for(&mut daemon, "GET / to answer ok", || {
-        get_root(port).filter(|(code, _)| *code == 200)
-    });
+    let daemon = serve_until_ready(serve, port, &tmp.path().join("daemon.log"));
     let pid = daemon.child.id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let nobody_uid = nobody().uid.as_raw().to_string();
@@ -186,13 +183,11 @@ fn commands_run_as_root_act_as_the_owner_of_state_dir_and_the_service_then_deplo
     }
 
     // The service, as its own user, can write that ledger: a push is deployed.
-    let mut daemon = Daemon::spawn(
+    let mut daemon = serve_until_ready(
         as_user(&nobody(), tmp.path(), &["serve"], &config),
+        port,
         &tmp.path().join("daemon.log"),
     );
-    wait_for(&mut daemon, "GET / to answer ok", || {
-        get_root(port).filter(|(code, _)| *code == 200)
-    });
     let out = as_user(
         &nobody(),
         tmp.path(),
@@ -233,10 +228,11 @@ fn a_ledger_the_service_cannot_write_makes_get_root_answer_503() {
     let config = nobody_quickstart(tmp.path(), port);
     let state = tmp.path().join("qs/state");
     let log = tmp.path().join("daemon.log");
-    let mut daemon = Daemon::spawn(as_user(&nobody(), tmp.path(), &["serve"], &config), &log);
-    wait_for(&mut daemon, "GET / to answer ok", || {
-        get_root(port).filter(|(code, _)| *code == 200)
-    });
+    let mut daemon = serve_until_ready(
+        as_user(&nobody(), tmp.path(), &["serve"], &config),
+        port,
+        &log,
+    );
     daemon.signal(Signal::SIGTERM);
     assert!(daemon.wait_exit("the daemon to stop").success());
     drop(daemon);
@@ -306,10 +302,7 @@ fn ctrl_c_twice_during_a_slow_build_exits_130_leaving_no_build_and_status_says_i
 
     let mut serve = Command::new(EXE);
     serve.arg("serve").arg("--config").arg(&config);
-    let mut daemon = Daemon::spawn(serve, &tmp.path().join("daemon.log"));
-    wait_for(&mut daemon, "GET / to answer ok", || {
-        get_root(port).filter(|(code, _)| *code == 200)
-    });
+    let mut daemon = serve_until_ready(serve, port, &tmp.path().join("daemon.log"));
     let out = cli(&config, &["send-test-push", "demo"]);
     assert!(out.status.success(), "{}", stderr(&out));
     wait_for(&mut daemon, "the slow build to start", || {
@@ -381,13 +374,32 @@ fn ctrl_c_twice_during_a_slow_build_exits_130_leaving_no_build_and_status_says_i
         "one build in the tree: {:?}",
         processes_with(&marker)
     );
+    assert_eq!(
+        ctrl_c_twice(&mut daemon, &tmp.path().join("daemon2.log")),
+        Some(130)
+    );
+    assert!(processes_with(&marker).is_empty());
+}
+
+/// Starts `serve` (a `serve` command) and waits until `GET /` answers 200 on `port`.
+fn serve_until_ready(serve: Command, port: u16, log: &Path) -> Daemon {
+    let mut daemon = Daemon::spawn(serve, log);
+    wait_for(&mut daemon, "GET / to answer ok", || {
+        get_root(port).filter(|(code, _)| *code == 200)
+    });
+    daemon
+}
+
+/// SIGINT, then once the daemon has said "Ctrl-C again" in `log`, SIGINT again; its exit code.
+fn ctrl_c_twice(daemon: &mut Daemon, log: &Path) -> Option<i32> {
     daemon.signal(Signal::SIGINT);
-    wait_for(&mut daemon, "the first Ctrl-C to be logged", || {
-        daemon_log_has(&tmp.path().join("daemon2.log"), "Ctrl-C again")
+    wait_for(daemon, "the first Ctrl-C to be logged", || {
+        daemon_log_has(log, "Ctrl-C again")
     });
     daemon.signal(Signal::SIGINT);
-    assert_eq!(daemon.wait_exit("the second stop").code(), Some(130));
-    assert!(processes_with(&marker).is_empty());
+    daemon
+        .wait_exit("the second Ctrl-C to stop the daemon")
+        .code()
 }
 
 fn daemon_log_has(log: &Path, text: &str) -> Option<()> {
@@ -550,21 +562,16 @@ fn ctrl_c_twice_during_a_slow_checkout_leaves_no_git_running() {
         .env("GIT_CONFIG_COUNT", "1")
         .env("GIT_CONFIG_KEY_0", "core.hooksPath")
         .env("GIT_CONFIG_VALUE_0", &hooks);
-    let mut daemon = Daemon::spawn(serve, &tmp.path().join("daemon.log"));
-    wait_for(&mut daemon, "GET / to answer ok", || {
-        get_root(port).filter(|(code, _)| *code == 200)
-    });
+    let mut daemon = serve_until_ready(serve, port, &tmp.path().join("daemon.log"));
     let out = cli(&config, &["send-test-push", "demo"]);
     assert!(out.status.success(), "{}", stderr(&out));
     wait_for(&mut daemon, "the slow checkout to start", || {
         (!processes_with(&format!("sleep {marker}")).is_empty()).then_some(())
     });
-    daemon.signal(Signal::SIGINT);
-    wait_for(&mut daemon, "the first Ctrl-C to be logged", || {
-        daemon_log_has(&tmp.path().join("daemon.log"), "Ctrl-C again")
-    });
-    daemon.signal(Signal::SIGINT);
-    assert_eq!(daemon.wait_exit("the second stop").code(), Some(130));
+    assert_eq!(
+        ctrl_c_twice(&mut daemon, &tmp.path().join("daemon.log")),
+        Some(130)
+    );
     let left = processes_with(&marker);
     for p in &left {
         // Clean up what the daemon left, before failing.

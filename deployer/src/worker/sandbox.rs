@@ -321,8 +321,8 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path, cwd: &Path) ->
         .cloned()
         .collect();
 
-    let mut writable = writable_trees(d, cwd);
-    writable.push(home.to_owned());
+    let trees = writable_trees(d, cwd);
+    let writable: Vec<PathBuf> = trees.iter().cloned().chain([home.to_owned()]).collect();
     let inside_writable = |p: &Path| writable.iter().any(|w| p.starts_with(w) && p != w);
     // Hidden directories above (or beside) the writable ones first: the binds that follow are
     // taken from the real file system and stay visible on top of the tmpfs.
@@ -336,7 +336,7 @@ pub fn bwrap_prefix(config: &Config, d: &Deployment, home: &Path, cwd: &Path) ->
     // a hook or a config entry (core.fsmonitor, a filter) written by a build would run outside.
     // A release's .git is a file naming its git dir: rewritten, it would point the daemon's git
     // at a directory the build made.
-    for tree in &writable[..writable.len() - 1] {
+    for tree in &trees {
         let git = tree.join(".git");
         if git.exists() {
             args.extend(["--ro-bind".into(), arg(&git), arg(&git)]);
